@@ -21,7 +21,8 @@ import importlib.util
 import json
 import re
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -322,6 +323,21 @@ def default_minilm_dir() -> Path:
     return model_dir
 
 
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Hide transformers' "Loading weights" progress bar, then restore the previous setting."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    if enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 class MiniLMEncoder(BaseTextEncoder):
     """all-MiniLM-L6-v2 sentence embeddings: mean of the token states over the attention mask,
     then L2 normalisation, 384 float32 values per text (as sentence-transformers computes them).
@@ -394,8 +410,9 @@ class MiniLMEncoder(BaseTextEncoder):
             from transformers import AutoModel, AutoTokenizer
         except ImportError as exc:
             raise ImportError(f"the MiniLM text encoder needs torch and transformers: {_TORCH_INSTALL_HINT}") from exc
-        self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
-        model = AutoModel.from_pretrained(str(self.model_dir), local_files_only=True)
+        with _quiet_transformers():
+            self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
+            model = AutoModel.from_pretrained(str(self.model_dir), local_files_only=True)
         model.eval()
         self._model = model.to(self.device)
 
