@@ -1,0 +1,54 @@
+"""The scripted oracle solves every level; its episode runner is deterministic and parallel-safe."""
+
+import numpy as np
+import pytest
+
+from kalm_envs.goals import Goal
+from kalm_envs.oracle import ScriptedOracle, goal_cost, oracle_episodes
+
+
+@pytest.mark.parametrize("level, episodes, minimum", [("train", 40, 0.95), ("rephrase", 20, 0.95), ("easy", 40, 0.95), ("hard", 40, 0.75)])
+def test_oracle_solves_each_level(level, episodes, minimum):
+    results = oracle_episodes(level, range(1000, 1000 + episodes))
+    rate = np.mean([e.success for e in results])
+    assert rate >= minimum, f"{level}: {rate:.0%}"
+    for episode in results:
+        assert episode.length <= 50
+        assert episode.terminations[-1] == episode.success
+
+
+def test_random_policy_is_far_below_the_oracle():
+    random_episodes = oracle_episodes("train", range(20), epsilon=1.0)
+    assert np.mean([e.success for e in random_episodes]) < 0.6
+
+
+def test_oracle_episodes_do_not_depend_on_workers():
+    seeds = list(range(6))
+    alone = oracle_episodes("hard", seeds, epsilon=0.2, chunk_size=2)
+    pooled = oracle_episodes("hard", seeds, epsilon=0.2, workers=2, chunk_size=2)
+    assert [e.seed for e in pooled] == seeds
+    for a, b in zip(alone, pooled, strict=True):
+        np.testing.assert_array_equal(a.actions, b.actions)
+        np.testing.assert_array_equal(a.observations, b.observations)
+        assert a.instruction == b.instruction
+
+
+def test_goal_cost_is_zero_only_near_the_goal():
+    goal = Goal.relation(0, 1, 3)  # red right of blue
+    ideal = np.array([[0.31, 0.2, 0.0, 0.2] + [-0.45, 0.55, 0.45, 0.55, 0.45, -0.15]])
+    away = ideal.copy()
+    away[0, 0] = -0.4
+    start = ideal[0]
+    assert goal_cost(ideal, goal, start)[0] < 1e-9 < goal_cost(away, goal, start)[0]
+
+
+def test_bad_oracle_settings():
+    with pytest.raises(ValueError, match="1.5"):
+        ScriptedOracle(epsilon=1.5)
+    with pytest.raises(ValueError, match="'medium'"):
+        oracle_episodes("medium", [0])
+    with pytest.raises(ValueError, match="workers 0"):
+        oracle_episodes("train", [0], workers=0)
+    oracle = ScriptedOracle()
+    with pytest.raises(RuntimeError, match="reset"):
+        oracle.act({"observation": np.zeros(10)}, {"goal": Goal.line_up().to_array()})
