@@ -59,7 +59,7 @@ class TextEncoder(Protocol):
         ...
 
     def config(self) -> dict[str, Any]:
-        """Return a JSON-friendly dict that :func:`encoder_from_config` turns back into an equal encoder."""
+        """A JSON-friendly dict that :func:`encoder_from_config` turns into an equal encoder."""
         ...
 
 
@@ -87,7 +87,9 @@ class BaseTextEncoder:
         ``texts`` must be a sequence of str (a bare str is refused, it would be read as characters).
         """
         if isinstance(texts, str | bytes):
-            raise TypeError("encode() takes a sequence of str, not a single str; use encode([text])")
+            raise TypeError(
+                "encode() takes a sequence of str, not a single str; use encode([text])"
+            )
         texts = list(texts)
         for text in texts:
             if not isinstance(text, str):
@@ -99,7 +101,8 @@ class BaseTextEncoder:
             rows = np.asarray(self._encode_batch(missing), dtype=np.float32)
             if rows.shape != (len(missing), self.dim):
                 raise RuntimeError(
-                    f"{type(self).__name__} produced shape {rows.shape}, expected ({len(missing)}, {self.dim})"
+                    f"{type(self).__name__} produced shape {rows.shape}, "
+                    f"expected ({len(missing)}, {self.dim})"
                 )
             for text, row in zip(missing, rows, strict=True):
                 row = row.copy()
@@ -227,7 +230,9 @@ class HashedNgramEncoder(BaseTextEncoder):
             "name": self.name,
             "dim": self.dim,
             "word_ngram_range": list(self.word_ngram_range),
-            "char_ngram_range": None if self.char_ngram_range is None else list(self.char_ngram_range),
+            "char_ngram_range": (
+                None if self.char_ngram_range is None else list(self.char_ngram_range)
+            ),
             "char_weight": self.char_weight,
             "seed": self.seed,
         }
@@ -298,9 +303,8 @@ def minilm_available() -> bool:
 
     Only looks the packages up (``importlib.util.find_spec``); imports none of them.
     """
-    return all(
-        importlib.util.find_spec(name) is not None for name in (MINILM_PACKAGE, "torch", "transformers")
-    )
+    names = (MINILM_PACKAGE, "torch", "transformers")
+    return all(importlib.util.find_spec(name) is not None for name in names)
 
 
 def default_minilm_dir() -> Path:
@@ -312,7 +316,8 @@ def default_minilm_dir() -> Path:
     spec = importlib.util.find_spec(MINILM_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(
-            f"the MiniLM text encoder needs the model package {MINILM_PACKAGE!r}: {MINILM_INSTALL_HINT}"
+            f"the MiniLM text encoder needs the model package {MINILM_PACKAGE!r}: "
+            f"{MINILM_INSTALL_HINT}"
         )
     model_dir = Path(list(spec.submodule_search_locations)[0]) / "model"
     if not (model_dir / "config.json").is_file():
@@ -409,10 +414,13 @@ class MiniLMEncoder(BaseTextEncoder):
             import torch  # noqa: F401
             from transformers import AutoModel, AutoTokenizer
         except ImportError as exc:
-            raise ImportError(f"the MiniLM text encoder needs torch and transformers: {_TORCH_INSTALL_HINT}") from exc
+            raise ImportError(
+                f"the MiniLM text encoder needs torch and transformers: {_TORCH_INSTALL_HINT}"
+            ) from exc
+        model_dir = str(self.model_dir)
         with _quiet_transformers():
-            self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
-            model = AutoModel.from_pretrained(str(self.model_dir), local_files_only=True)
+            self._tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+            model = AutoModel.from_pretrained(model_dir, local_files_only=True)
         model.eval()
         self._model = model.to(self.device)
 

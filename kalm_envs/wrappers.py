@@ -26,11 +26,14 @@ from kalm_envs.text_encoders import (
     make_encoder,
 )
 
-__all__ = ["EncodeInstruction", "make_flat_env", "resolve_encoder", "resolve_env_id"]
+__all__ = ["EncodeInstruction", "EncoderSpec", "make_flat_env", "resolve_encoder", "resolve_env_id"]
 
 
-def resolve_encoder(encoder: TextEncoder | str | Mapping[str, Any] | None, **kwargs: Any) -> TextEncoder:
-    """An encoder from an instance, a name (``"hashed"``, ``"minilm"``), a ``config()`` dict or None.
+EncoderSpec = TextEncoder | str | Mapping[str, Any] | None
+
+
+def resolve_encoder(encoder: EncoderSpec, **kwargs: Any) -> TextEncoder:
+    """An encoder from an instance, a name (``"hashed"``, ``"minilm"``), a ``config()`` or None.
 
     None gives :class:`~kalm_envs.text_encoders.HashedNgramEncoder` with its defaults. ``kwargs``
     go to the constructor when ``encoder`` is a name or a config, and are refused otherwise.
@@ -71,18 +74,20 @@ class EncodeInstruction(gym.ObservationWrapper, gym.utils.RecordConstructorArgs)
     def __init__(
         self,
         env: gym.Env,
-        encoder: TextEncoder | str | Mapping[str, Any] | None = None,
+        encoder: EncoderSpec = None,
         state_key: str = "observation",
         instruction_key: str = "instruction",
     ) -> None:
         text_encoder = resolve_encoder(encoder)
-        recorded = text_encoder.config() if text_encoder.name in ENCODER_NAMES else text_encoder
+        builtin = isinstance(text_encoder, BaseTextEncoder) and text_encoder.name in ENCODER_NAMES
+        recorded = text_encoder.config() if builtin else text_encoder
         gym.utils.RecordConstructorArgs.__init__(
             self, encoder=recorded, state_key=state_key, instruction_key=instruction_key
         )
         gym.ObservationWrapper.__init__(self, env)
         space = env.observation_space
-        if not isinstance(space, spaces.Dict) or state_key not in space.spaces or instruction_key not in space.spaces:
+        keys = (state_key, instruction_key)
+        if not isinstance(space, spaces.Dict) or any(k not in space.spaces for k in keys):
             raise ValueError(
                 f"EncodeInstruction needs a Dict observation space with keys {state_key!r} and "
                 f"{instruction_key!r}, got {space}"
@@ -91,14 +96,18 @@ class EncodeInstruction(gym.ObservationWrapper, gym.utils.RecordConstructorArgs)
         if not isinstance(state_space, spaces.Box) or len(state_space.shape) != 1:
             raise ValueError(f"observation[{state_key!r}] must be a 1-d Box, got {state_space}")
         if not isinstance(space[instruction_key], spaces.Text):
-            raise ValueError(f"observation[{instruction_key!r}] must be a Text space, got {space[instruction_key]}")
+            raise ValueError(
+                f"observation[{instruction_key!r}] must be a Text space, "
+                f"got {space[instruction_key]}"
+            )
         self.encoder = text_encoder
         self.state_key = state_key
         self.instruction_key = instruction_key
         self.state_dim = int(state_space.shape[0])
         self.embedding_dim = int(self.encoder.dim)
-        low = np.concatenate([state_space.low.astype(np.float32), -np.ones(self.embedding_dim, np.float32)])
-        high = np.concatenate([state_space.high.astype(np.float32), np.ones(self.embedding_dim, np.float32)])
+        ones = np.ones(self.embedding_dim, dtype=np.float32)
+        low = np.concatenate([state_space.low.astype(np.float32), -ones])
+        high = np.concatenate([state_space.high.astype(np.float32), ones])
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
 
     def observation(self, observation: Mapping[str, Any]) -> np.ndarray:
@@ -108,13 +117,15 @@ class EncodeInstruction(gym.ObservationWrapper, gym.utils.RecordConstructorArgs)
         return np.concatenate([state, embedding.astype(np.float32, copy=False)])
 
     def split(self, observation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Split flat observations ``(..., S + D)`` back into ``(..., S)`` states and ``(..., D)`` embeddings."""
+        """Split flat observations ``(..., S + D)`` into ``(..., S)`` states and ``(..., D)``
+        embeddings."""
         observation = np.asarray(observation)
         return observation[..., : self.state_dim], observation[..., self.state_dim :]
 
 
 def resolve_env_id(env_id_or_level: str) -> str:
-    """A registered id from a level name (``"train"``, ``"rephrase"``, ``"easy"``, ``"hard"``) or an id."""
+    """The registered id of a level (``"train"``, ``"rephrase"``, ``"easy"``, ``"hard"``); other
+    strings are returned as they are."""
     from kalm_envs import ENV_IDS
 
     return ENV_IDS.get(env_id_or_level, env_id_or_level)
@@ -122,7 +133,7 @@ def resolve_env_id(env_id_or_level: str) -> str:
 
 def make_flat_env(
     env_id_or_level: str,
-    encoder: TextEncoder | str | Mapping[str, Any] | None = "hashed",
+    encoder: EncoderSpec = "hashed",
     encoder_kwargs: Mapping[str, Any] | None = None,
     **env_kwargs: Any,
 ) -> EncodeInstruction:
@@ -133,7 +144,8 @@ def make_flat_env(
             ``"rephrase"``, ``"easy"``, ``"hard"``).
         encoder: an encoder instance, a name or a ``config()`` dict (see :func:`resolve_encoder`).
         encoder_kwargs: constructor arguments when ``encoder`` is a name or a config.
-        **env_kwargs: passed to ``gym.make`` (``reward_mode``, ``render_mode``, ``max_episode_steps`` ...).
+        **env_kwargs: passed to ``gym.make`` (``reward_mode``, ``render_mode``,
+            ``max_episode_steps`` ...).
 
     Returns:
         The wrapped env; its observations are ``(10 + encoder.dim,)`` float32 vectors.

