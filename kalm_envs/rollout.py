@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
 Policy = Callable[[dict[str, Any], dict[str, Any]], int]
+_STEP_FIELDS = ("actions", "rewards", "terminations", "truncations")  # T entries per episode
+_STATE_FIELDS = ("observations", "successes")  # T + 1 entries per episode
 
 
 @dataclass
@@ -86,3 +90,54 @@ def run_episode(
         truncations=np.asarray(truncations, dtype=bool),
         successes=np.asarray(successes, dtype=bool),
     )
+
+
+def pack_episodes(episodes: Sequence[Episode]) -> dict[str, np.ndarray]:
+    """Concatenate episodes into flat arrays: per-episode ``lengths`` (T), ``seeds``,
+    ``instructions``, ``goals``; per-step fields (sum of T rows) and per-state fields
+    (``observations``, ``successes``: sum of T + 1 rows)."""
+    return {
+        "lengths": np.array([e.length for e in episodes], dtype=np.int64),
+        "seeds": np.array([e.seed for e in episodes], dtype=np.int64),
+        "instructions": np.array([e.instruction for e in episodes], dtype=np.str_),
+        "goals": np.stack([e.goal for e in episodes]).astype(np.int64),
+        "observations": np.concatenate([e.observations for e in episodes]).astype(np.float32),
+        "successes": np.concatenate([e.successes for e in episodes]),
+        **{k: np.concatenate([getattr(e, k) for e in episodes]) for k in _STEP_FIELDS},
+    }
+
+
+def unpack_episodes(packed: dict[str, np.ndarray]) -> list[Episode]:
+    """Inverse of :func:`pack_episodes`."""
+    lengths = packed["lengths"]
+    per_step = {k: np.split(packed[k], np.cumsum(lengths)[:-1]) for k in _STEP_FIELDS}
+    per_state = {k: np.split(packed[k], np.cumsum(lengths + 1)[:-1]) for k in _STATE_FIELDS}
+    return [
+        Episode(
+            seed=int(packed["seeds"][i]),
+            instruction=str(packed["instructions"][i]),
+            goal=packed["goals"][i],
+            **{k: v[i] for k, v in per_step.items()},
+            **{k: v[i] for k, v in per_state.items()},
+        )
+        for i in range(len(lengths))
+    ]
+
+
+def save_episodes(path: Path, episodes: Sequence[Episode], **extra: np.ndarray) -> None:
+    """Write packed episodes (and ``extra`` arrays) to one ``.npz``, atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        np.savez(handle, **pack_episodes(episodes), **extra)
+    os.replace(tmp, path)
+
+
+def load_packed(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a file written by :func:`save_episodes`."""
+    with np.load(path) as data:
+        return {key: data[key] for key in data.files}
+
+
+def load_episodes(path: Path) -> list[Episode]:
+    """Read episodes written by :func:`save_episodes`."""
+    return unpack_episodes(load_packed(path))
