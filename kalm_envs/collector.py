@@ -36,6 +36,20 @@ def _shard(work: Path, name: str, build) -> list[Episode]:
     return episodes
 
 
+def reference_scores(level: str, seed: int, workers: int, work: Path) -> tuple[float, float]:
+    """Mean return of a uniform random policy and of the oracle over :data:`REF_EPISODES` episodes
+    of ``level`` (seeds from ``seed``): Minari's ``ref_min_score`` and ``ref_max_score``.
+
+    Their episodes are kept as shards in ``work`` so that a resumed build reuses them.
+    """
+    seeds = range(seed, seed + REF_EPISODES)
+    scores = []
+    for name, epsilon in (("ref-random", 1.0), ("ref-oracle", 0.0)):
+        runs = _shard(work, name, lambda eps=epsilon: oracle_episodes(level, seeds, eps, workers))
+        scores.append(float(np.mean([episode.rewards.sum() for episode in runs])))
+    return scores[0], scores[1]
+
+
 def build_dataset(
     spec: DatasetSpec,
     episodes: int | None = None,
@@ -73,10 +87,7 @@ def build_dataset(
         bar.update(len(seeds))
     bar.close()
 
-    ref_seeds = range(spec.seed + REF_SEED_OFFSET, spec.seed + REF_SEED_OFFSET + REF_EPISODES)
-    random_runs = _shard(work, "ref-random", lambda: oracle_episodes(spec.level, ref_seeds, 1.0, workers))
-    expert_runs = _shard(work, "ref-oracle", lambda: oracle_episodes(spec.level, ref_seeds, 0.0, workers))
-    ref_scores = tuple(float(np.mean([e.rewards.sum() for e in runs])) for runs in (random_runs, expert_runs))
+    ref_scores = reference_scores(spec.level, spec.seed + REF_SEED_OFFSET, workers, work)
 
     provenance = {
         "source": "simulator",
@@ -92,7 +103,4 @@ def build_dataset(
         spec.id, collected, spec.env_id, spec.description, provenance, ref_scores,
         algorithm_name="ScriptedOracle",
     )
-    shutil.rmtree(work)
-    if not any(work.parent.iterdir()):
-        work.parent.rmdir()
     return path

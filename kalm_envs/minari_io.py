@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,7 +61,7 @@ def episode_buffer(episode: Episode, index: int) -> EpisodeBuffer:
     steps = episode.length + 1
     return EpisodeBuffer(
         id=index,
-        seed=episode.seed,
+        seed=episode.seed if episode.seed >= 0 else None,
         observations={
             "observation": episode.observations,
             "instruction": [episode.instruction] * steps,
@@ -117,7 +118,8 @@ def write_dataset(
 ) -> Path:
     """Create ``dataset_id`` from ``episodes``, atomically; return its folder.
 
-    ``provenance`` (JSON-able) is stored under the ``kalm`` metadata key together with the episode
+    The dataset is assembled in ``staging_dir(dataset_id)``, renamed into place, and the staging
+    folder (with whatever a resumable build kept there) is removed. ``provenance`` (JSON-able) is stored under the ``kalm`` metadata key together with the episode
     count and :func:`content_checksum`. ``ref_scores`` are the (random, expert) mean returns.
     """
     final = dataset_dir(dataset_id)
@@ -126,7 +128,8 @@ def write_dataset(
     root = datasets_root()
     work = staging_dir(dataset_id) / "minari"
     shutil.rmtree(work, ignore_errors=True)
-    with _minari_root(work):
+    with _minari_root(work), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*author_email")  # we publish no e-mail address
         dataset = minari.create_dataset_from_buffers(
             dataset_id=dataset_id,
             buffer=[episode_buffer(e, i) for i, e in enumerate(episodes)],
@@ -150,7 +153,9 @@ def write_dataset(
             create_namespace(namespace)
     final.parent.mkdir(parents=True, exist_ok=True)
     os.rename(work / dataset_id, final)
-    shutil.rmtree(work)
+    shutil.rmtree(work.parent)
+    if not any(work.parent.parent.iterdir()):
+        work.parent.parent.rmdir()
     return final
 
 
