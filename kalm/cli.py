@@ -1,7 +1,7 @@
 """The ``kalm`` command line: one sub-command per module in :mod:`kalm.commands`.
 
 Every command that reports figures prints a human-readable table and, with ``--json``, one JSON
-object as its last line of output.
+object as its last line of output. Bad input exits with status 2 and a message naming it.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import json
 import sys
 from collections.abc import Sequence
 
-from kalm.commands import oracle
+from kalm.commands import datasets, oracle
 
-COMMANDS = {"oracle": oracle}
+COMMANDS = {"oracle": oracle, "datasets": datasets}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,21 +22,20 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module in COMMANDS.items():
         command = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(command)
-        command.add_argument("--json", action="store_true", help="end with one JSON line")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        report, table = COMMANDS[args.command].run(args)
-    except ValueError as error:
+        report, text, code = COMMANDS[args.command].run(args)
+    except (ValueError, FileExistsError, FileNotFoundError) as error:
         print(f"kalm {args.command}: error: {error}", file=sys.stderr)
         return 2
-    print(table)
-    if args.json:
+    print(text)
+    if getattr(args, "json", False):
         print(json.dumps(report, sort_keys=True))
-    return 0
+    return code
 
 
 if __name__ == "__main__":

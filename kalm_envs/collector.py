@@ -36,13 +36,15 @@ def _shard(work: Path, name: str, build) -> list[Episode]:
     return episodes
 
 
-def reference_scores(level: str, seed: int, workers: int, work: Path) -> tuple[float, float]:
-    """Mean return of a uniform random policy and of the oracle over :data:`REF_EPISODES` episodes
-    of ``level`` (seeds from ``seed``): Minari's ``ref_min_score`` and ``ref_max_score``.
+def reference_scores(
+    level: str, seed: int, workers: int, work: Path, episodes: int = REF_EPISODES
+) -> tuple[float, float]:
+    """Mean return of a uniform random policy and of the oracle over ``episodes`` episodes of
+    ``level`` (seeds from ``seed``): Minari's ``ref_min_score`` and ``ref_max_score``.
 
     Their episodes are kept as shards in ``work`` so that a resumed build reuses them.
     """
-    seeds = range(seed, seed + REF_EPISODES)
+    seeds = range(seed, seed + episodes)
     scores = []
     for name, epsilon in (("ref-random", 1.0), ("ref-oracle", 0.0)):
         runs = _shard(work, name, lambda eps=epsilon: oracle_episodes(level, seeds, eps, workers))
@@ -56,8 +58,11 @@ def build_dataset(
     workers: int = 1,
     shard_size: int = 500,
     progress: bool = True,
+    ref_episodes: int = REF_EPISODES,
 ) -> Path:
     """Build ``spec.id`` (with ``episodes`` instead of the spec's count if given); return its folder.
+
+    ``ref_episodes`` random-policy and oracle episodes set the reference scores.
 
     Raises ``FileExistsError`` if the dataset already exists.
     """
@@ -68,7 +73,7 @@ def build_dataset(
     if workers < 1 or shard_size < 1:
         raise ValueError(f"workers {workers} and shard_size {shard_size} must be at least 1")
     work = staging_dir(spec.id)
-    plan = {"spec": asdict(spec), "shard_size": shard_size, "ref_episodes": REF_EPISODES}
+    plan = {"spec": asdict(spec), "shard_size": shard_size, "ref_episodes": ref_episodes}
     plan_file = work / "plan.json"
     if plan_file.exists() and json.loads(plan_file.read_text()) != plan:
         shutil.rmtree(work)  # an unfinished build with other settings: its shards do not fit
@@ -87,13 +92,13 @@ def build_dataset(
         bar.update(len(seeds))
     bar.close()
 
-    ref_scores = reference_scores(spec.level, spec.seed + REF_SEED_OFFSET, workers, work)
+    ref_scores = reference_scores(spec.level, spec.seed + REF_SEED_OFFSET, workers, work, ref_episodes)
 
     provenance = {
         "source": "simulator",
         "behaviour_policy": f"kalm_envs.oracle.ScriptedOracle(epsilon={spec.epsilon})",
         "spec": asdict(spec),
-        "ref_scores_from": f"{REF_EPISODES} episodes of a uniform random policy / the oracle",
+        "ref_scores_from": f"{ref_episodes} episodes of a uniform random policy / the oracle",
         "build_command": f"kalm datasets build {spec.id} --episodes {spec.episodes}",
         "kalm_gym_version": package_version(),
         "mujoco_version": mujoco.__version__,

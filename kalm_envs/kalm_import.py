@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kalm_envs.collector import REF_SEED_OFFSET, reference_scores
+from kalm_envs.collector import REF_EPISODES, REF_SEED_OFFSET, reference_scores
 from kalm_envs.dataset_specs import package_version
 from kalm_envs.goals import Goal
 from kalm_envs.language import validate_instruction
@@ -64,8 +64,11 @@ def read_kalm_file(path: Path) -> list[Episode]:
     return episodes
 
 
-def import_kalm(path: Path, dataset_id: str, workers: int = 1) -> Path:
-    """Write KALM's file at ``path`` as the Minari dataset ``dataset_id``; return its folder."""
+def import_kalm(path: Path, dataset_id: str, workers: int = 1, ref_episodes: int = REF_EPISODES) -> Path:
+    """Write KALM's file at ``path`` as the Minari dataset ``dataset_id``; return its folder.
+
+    Reference scores come from ``ref_episodes`` random and oracle episodes on train goals.
+    """
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"no KALM file at {path}")
@@ -82,7 +85,7 @@ def import_kalm(path: Path, dataset_id: str, workers: int = 1) -> Path:
         "build_command": f"kalm datasets import-kalm {path.name} {dataset_id}",
         "kalm_gym_version": package_version(),
     }
-    ref_scores = reference_scores("train", REF_SEED_OFFSET, workers, work)
+    ref_scores = reference_scores("train", REF_SEED_OFFSET, workers, work, ref_episodes)
     return write_dataset(
         dataset_id, episodes, ENV_IDS["train"],
         f"CLEVR-Robot trajectories released with KALM ({path.name}), imported into our spaces.",

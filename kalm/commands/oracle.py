@@ -11,6 +11,7 @@ import gymnasium as gym
 import numpy as np
 from PIL import Image
 
+from kalm.commands import add_json_flag
 from kalm_envs import ENV_IDS, Goal
 from kalm_envs.oracle import oracle_episodes
 from kalm_envs.rollout import Episode
@@ -25,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epsilon", type=float, default=0.0, help="random-push probability")
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
     parser.add_argument("--frame", type=Path, help="save a PNG of each level's first episode end")
+    add_json_flag(parser)
 
 
 def summarize(episodes: list[Episode]) -> dict[str, Any]:
@@ -51,7 +53,7 @@ def render_episode_end(level: str, episode: Episode, size: int = 256) -> np.ndar
     return frame
 
 
-def run(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+def run(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
     if args.episodes < 1:
         raise ValueError(f"--episodes {args.episodes} must be at least 1")
     levels = list(ENV_IDS) if args.level == "all" else [args.level]
@@ -75,4 +77,4 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         )
     if args.frame:
         lines.append(f"frame: {args.frame} (levels left to right: {', '.join(levels)})")
-    return report, "\n".join(lines)
+    return report, "\n".join(lines), 0

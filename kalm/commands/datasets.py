@@ -1,0 +1,88 @@
+"""``kalm datasets``: list, build, inspect, verify and import the Minari datasets."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from kalm.commands import add_json_flag
+from kalm_envs.collector import build_dataset
+from kalm_envs.dataset_specs import get_spec, list_specs
+from kalm_envs.kalm_import import import_kalm
+from kalm_envs.minari_io import dataset_dir, datasets_root, read_metadata
+from kalm_envs.verify import verify_dataset
+
+HELP = "list, build, inspect, verify and import the Minari datasets"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("list", help="published dataset ids and whether each is built here")
+    build = sub.add_parser("build", help="build a dataset from its spec (resumes an interrupted build)")
+    build.add_argument("id")
+    build.add_argument("--episodes", type=int, help="episodes instead of the spec's count")
+    build.add_argument("--workers", type=int, default=1, help="worker processes")
+    info = sub.add_parser("info", help="a dataset's card and, if built, its metadata")
+    info.add_argument("id")
+    verify = sub.add_parser("verify", help="check a built dataset; exits non-zero on any failure")
+    verify.add_argument("id")
+    kalm = sub.add_parser("import-kalm", help="import KALM's released npy file as a Minari dataset")
+    kalm.add_argument("path", type=Path)
+    kalm.add_argument("id")
+    for command in (build, info, verify, kalm):
+        add_json_flag(command)
+
+
+def run(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
+    return _ACTIONS[args.action](args)
+
+
+def _list(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
+    rows = {spec_id: dataset_dir(spec_id).exists() for spec_id in list_specs()}
+    lines = [f"{'id':<40}{'episodes':>10}  built", *(
+        f"{spec_id:<40}{spec.episodes:>10}  {'yes' if rows[spec_id] else 'no'}"
+        for spec_id, spec in list_specs().items()
+    ), f"root: {datasets_root()}"]
+    return {"datasets": rows, "root": str(datasets_root())}, "\n".join(lines), 0
+
+
+def _build(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
+    path = build_dataset(get_spec(args.id), episodes=args.episodes, workers=args.workers)
+    report = verify_dataset(args.id)
+    summary = {"id": args.id, "path": str(path), "episodes": report.episodes, "steps": report.steps,
+               "success_rate": read_metadata(args.id)["kalm"]["success_rate"], "verified": report.ok}
+    return summary, report.table(), 0 if report.ok else 1
+
+
+def _info(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
+    specs = list_specs()
+    built = dataset_dir(args.id).exists()
+    if args.id not in specs and not built:
+        raise ValueError(f"dataset {args.id!r} has no spec and is not built; known ids: {sorted(specs)}")
+    text = specs[args.id].card() if args.id in specs else f"# {args.id}\n"
+    summary: dict[str, Any] = {"id": args.id, "built": built}
+    if built:
+        metadata = read_metadata(args.id)
+        summary.update({k: metadata.get(k) for k in ("total_episodes", "total_steps", "ref_min_score", "ref_max_score")})
+        summary["provenance"] = metadata.get("kalm", {})
+        text += "\n## This copy\n\n" + "\n".join(f"- {k}: {v}" for k, v in summary.items() if k != "id")
+    return summary, text, 0
+
+
+def _verify(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
+    report = verify_dataset(args.id)
+    summary = {"id": args.id, "ok": report.ok, "episodes": report.episodes, "steps": report.steps,
+               "checks": report.checks}
+    return summary, report.table(), 0 if report.ok else 1
+
+
+def _import_kalm(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
+    path = import_kalm(args.path, args.id)
+    report = verify_dataset(args.id)
+    summary = {"id": args.id, "path": str(path), "episodes": report.episodes, "steps": report.steps,
+               "verified": report.ok}
+    return summary, report.table(), 0 if report.ok else 1
+
+
+_ACTIONS = {"list": _list, "build": _build, "info": _info, "verify": _verify, "import-kalm": _import_kalm}
