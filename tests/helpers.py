@@ -1,4 +1,9 @@
-"""Shared helpers for the test suite: hand-made scenes."""
+"""Shared helpers for the test suite: hand-made scenes, a Minari root for module fixtures."""
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 from kalm_envs.physics import N_BALLS
@@ -15,3 +20,17 @@ def scene(**balls: tuple[float, float]) -> np.ndarray:
     for name, xy in balls.items():
         state[COLORS.index(name)] = xy
     return state.reshape(2 * N_BALLS)
+
+
+@contextmanager
+def minari_root(path: Path) -> Iterator[Path]:
+    """Point Minari at ``path`` for a module-scoped fixture (``monkeypatch`` is function-scoped)."""
+    previous = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(path)
+    try:
+        yield path
+    finally:
+        if previous is None:
+            del os.environ["MINARI_DATASETS_PATH"]
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = previous

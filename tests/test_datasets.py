@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import gymnasium as gym
@@ -16,14 +15,16 @@ import minari
 import numpy as np
 import pytest
 
+from kalm_envs import ENV_IDS
 from kalm_envs.collector import build_dataset
 from kalm_envs.dataset_specs import get_spec, list_specs
 from kalm_envs.kalm_import import import_kalm
 from kalm_envs.loader import load_transitions
 from kalm_envs.minari_io import DatasetError, dataset_dir, read_episodes, read_metadata, staging_dir
-from kalm_envs.oracle import oracle_episodes
 from kalm_envs.minari_io import write_dataset
+from kalm_envs.oracle import oracle_episodes
 from kalm_envs.verify import verify_dataset
+from tests.helpers import minari_root
 
 REAL = "kalm/clevr-robot/real-v0"
 HARD = "kalm/clevr-robot/oracle-hard-v0"
@@ -40,15 +41,9 @@ def minari_root(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def built_real(tmp_path_factory):
     """A 12-episode real-v0 in its own root, shared by the read-only tests."""
-    root = tmp_path_factory.mktemp("real")
-    previous = os.environ.get("MINARI_DATASETS_PATH")
-    os.environ["MINARI_DATASETS_PATH"] = str(root)
-    build_dataset(get_spec(REAL), episodes=12, shard_size=5, progress=False, ref_episodes=4)
-    yield root
-    if previous is None:
-        del os.environ["MINARI_DATASETS_PATH"]
-    else:
-        os.environ["MINARI_DATASETS_PATH"] = previous
+    with minari_root(tmp_path_factory.mktemp("real")) as root:
+        build_dataset(get_spec(REAL), episodes=12, shard_size=5, progress=False, ref_episodes=4)
+        yield root
 
 
 def test_specs_cover_the_published_ids():
@@ -135,7 +130,7 @@ def test_loader_reads_the_hdf5_alone_when_the_index_is_gone(built_real, tmp_path
 def test_two_sources_keep_their_labels(minari_root):
     for dataset_id, level in (("kalm/test/a-v0", "train"), ("kalm/test/b-v0", "easy")):
         episodes = oracle_episodes(level, range(4))
-        write_dataset(dataset_id, episodes, gym.spec(f"KALM/CLEVRRobot{'' if level == 'train' else '-Easy'}-v0").id, "t", {}, (0.0, 1.0), "oracle")
+        write_dataset(dataset_id, episodes, ENV_IDS[level], "t", {}, (0.0, 1.0), "oracle")
     both = load_transitions(["kalm/test/a-v0", "kalm/test/b-v0"])
     first = load_transitions("kalm/test/a-v0")
     assert both.source_names == ["kalm/test/a-v0", "kalm/test/b-v0"]
