@@ -23,7 +23,7 @@ def scene(**balls: tuple[float, float]) -> np.ndarray:
 
 
 @contextmanager
-def minari_root(path: Path) -> Iterator[Path]:
+def temporary_minari_root(path: Path) -> Iterator[Path]:
     """Point Minari at ``path`` for a module-scoped fixture (``monkeypatch`` is function-scoped)."""
     previous = os.environ.get("MINARI_DATASETS_PATH")
     os.environ["MINARI_DATASETS_PATH"] = str(path)

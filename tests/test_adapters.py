@@ -13,7 +13,7 @@ from kalm_envs.loader import load_transitions
 from kalm_envs.minari_io import write_dataset
 from kalm_envs.oracle import oracle_episodes
 from kalm_envs.text_encoders import HashedNgramEncoder
-from tests.helpers import minari_root
+from tests.helpers import temporary_minari_root
 
 D3RLPY_VENV = Path(__file__).resolve().parents[1] / ".cache" / "d3rlpy-venv"
 D3RLPY_PYTHON = D3RLPY_VENV / "bin" / "python"
@@ -32,7 +32,7 @@ def d3rlpy_python() -> Path:
 @pytest.fixture(scope="module")
 def transitions(tmp_path_factory):
     """Random-policy episodes (most end in truncation) and oracle episodes (all terminate)."""
-    with minari_root(tmp_path_factory.mktemp("minari")):
+    with temporary_minari_root(tmp_path_factory.mktemp("minari")):
         episodes = oracle_episodes("train", range(8), epsilon=1.0) + oracle_episodes("train", range(8, 12))
         write_dataset("kalm/test/mixed-v0", episodes, "KALM/CLEVRRobot-v0", "test", {}, (0.0, 1.0), "mixed")
         loaded = load_transitions("kalm/test/mixed-v0")

@@ -24,7 +24,7 @@ from kalm_envs.minari_io import DatasetError, dataset_dir, read_episodes, read_m
 from kalm_envs.minari_io import write_dataset
 from kalm_envs.oracle import oracle_episodes
 from kalm_envs.verify import verify_dataset
-from tests.helpers import minari_root
+from tests.helpers import temporary_minari_root
 
 REAL = "kalm/clevr-robot/real-v0"
 HARD = "kalm/clevr-robot/oracle-hard-v0"
@@ -41,7 +41,7 @@ def minari_root(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def built_real(tmp_path_factory):
     """A 12-episode real-v0 in its own root, shared by the read-only tests."""
-    with minari_root(tmp_path_factory.mktemp("real")) as root:
+    with temporary_minari_root(tmp_path_factory.mktemp("real")) as root:
         build_dataset(get_spec(REAL), episodes=12, shard_size=5, progress=False, ref_episodes=4)
         yield root
 
