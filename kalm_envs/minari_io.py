@@ -29,6 +29,7 @@ from minari.data_collector import EpisodeBuffer
 from minari.namespace import create_namespace, list_local_namespaces
 from minari.storage import get_dataset_path
 
+from kalm_envs.dataset_specs import package_version
 from kalm_envs.rollout import Episode, load_packed, pack_episodes, save_episodes
 
 STAGING_DIR = ".kalm-staging"
@@ -137,7 +138,7 @@ def write_dataset(
             eval_env=env_id,
             algorithm_name=algorithm_name,
             author="KALM-Gym developers",
-            code_permalink="https://github.com/kalm-gym/kalm-gym",
+            code_permalink=f"kalm-gym {package_version()} ({provenance.get('build_command', 'python API')})",
             ref_min_score=float(ref_scores[0]),
             ref_max_score=float(ref_scores[1]),
             description=description,
