@@ -40,6 +40,7 @@ BALL_Y_LIMITS = (-0.17, 0.57)
 STATE_X_LIMITS = (-0.5, 0.5)
 STATE_Y_LIMITS = (-0.3, 0.6)
 
+_PLACEMENT_TRIES = 1000  # draws per scene before sample_ball_positions starts the scene again
 _FREE_QPOS = 7  # qpos entries of one free joint (xyz + quaternion)
 _FREE_QVEL = 6
 _PUSHER_QPOS = slice(N_BALLS * _FREE_QPOS, N_BALLS * _FREE_QPOS + 2)
@@ -54,14 +55,21 @@ def load_model() -> mujoco.MjModel:
 
 
 def sample_ball_positions(rng: np.random.Generator) -> np.ndarray:
-    """Draw a ``(10,)`` scene state: centres uniform in the init box, surfaces >= 0.1 m apart."""
+    """Draw a ``(10,)`` scene state: centres uniform in the init box, surfaces >= 0.1 m apart.
+
+    Balls are placed one by one by rejection; when a ball finds no room in
+    :data:`_PLACEMENT_TRIES` draws (the earlier balls can block the box), the whole scene is
+    drawn again, so the loop always ends.
+    """
     min_dist = 2 * BALL_RADIUS + MIN_SURFACE_GAP
-    placed: list[np.ndarray] = []
-    while len(placed) < N_BALLS:
-        candidate = np.array([rng.uniform(*INIT_X_RANGE), rng.uniform(*INIT_Y_RANGE)])
-        if all(np.hypot(*(candidate - other)) >= min_dist for other in placed):
-            placed.append(candidate)
-    return np.concatenate(placed)
+    while True:
+        placed: list[np.ndarray] = []
+        for _ in range(_PLACEMENT_TRIES):
+            candidate = np.array([rng.uniform(*INIT_X_RANGE), rng.uniform(*INIT_Y_RANGE)])
+            if all(np.hypot(*(candidate - other)) >= min_dist for other in placed):
+                placed.append(candidate)
+                if len(placed) == N_BALLS:
+                    return np.concatenate(placed)
 
 
 class ClevrPhysics:
