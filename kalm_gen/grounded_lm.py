@@ -1,0 +1,217 @@
+"""A Hugging Face causal LM grounded in CLEVR-Robot states and actions.
+
+:class:`GroundedLM` adds four small modules to a causal LM of hidden size ``d``:
+
+- ``state_encoder``: MLP 10 -> d, writes a ball state into a state slot;
+- ``action_embedding``: 40 x d table, writes an action into an action slot;
+- ``action_head``: d -> 40 logits, read at state slots (the next action);
+- ``state_head``: MLP d -> 10, read at action slots (the next state's change, see
+  :data:`kalm_gen.sequences.STATE_SCALE`).
+
+The LM is adapted with LoRA (peft) by default, or fully fine-tuned. The forward pass runs the
+LM's decoder once and applies the LM head only at positions with a text target, which saves most
+of the cost of a 49k-token vocabulary. :meth:`GroundedLM.save` writes adapter (or full weights),
+heads and config together; :meth:`GroundedLM.load` restores exactly what was saved.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kalm_gen.base_model import resolve_base_model
+from kalm_gen.sequences import ACTION_SLOT, IGNORE, STATE_SLOT
+
+N_ACTIONS = 40
+STATE_DIM = 10
+CONFIG_FILE = "grounded_lm.json"
+HEADS_FILE = "heads.safetensors"
+ADAPTER_DIR = "adapter"
+FULL_MODEL_DIR = "model"
+
+
+@dataclass
+class GroundedLMConfig:
+    """How a grounded LM is built; saved with it.
+
+    Attributes:
+        base_model: ``"smollm2"``, a local model folder or a ``.gguf`` file.
+        finetune: ``"lora"`` or ``"full"``.
+        lora_rank, lora_alpha, lora_dropout, lora_targets: LoRA settings (peft).
+        head_hidden: width of the state encoder's and state head's hidden layer.
+    """
+
+    base_model: str = "smollm2"
+    finetune: str = "lora"
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    head_hidden: int = 256
+
+    def __post_init__(self) -> None:
+        if self.finetune not in ("lora", "full"):
+            raise ValueError(f"finetune {self.finetune!r} is not one of ('lora', 'full')")
+
+
+@dataclass
+class ForwardOutput:
+    """Losses (scalars, None when the batch has no such target) and the hidden states ``(B, L, d)``."""
+
+    hidden: torch.Tensor
+    action_loss: torch.Tensor | None
+    state_loss: torch.Tensor | None
+    text_loss: torch.Tensor | None
+
+    @property
+    def loss(self) -> torch.Tensor:
+        parts = [x for x in (self.action_loss, self.state_loss, self.text_loss) if x is not None]
+        return torch.stack(parts).sum()
+
+
+class GroundedLM(nn.Module):
+    """The LM plus state/action encoders and heads. Build with :meth:`from_config` or :meth:`load`."""
+
+    def __init__(self, lm: nn.Module, tokenizer: Any, config: GroundedLMConfig) -> None:
+        super().__init__()
+        self.lm = lm
+        self.tokenizer = tokenizer
+        self.config = config
+        width = self._causal_lm().config.hidden_size
+        self.state_encoder = nn.Sequential(
+            nn.Linear(STATE_DIM, config.head_hidden), nn.GELU(), nn.Linear(config.head_hidden, width)
+        )
+        self.action_embedding = nn.Embedding(N_ACTIONS, width)
+        self.action_head = nn.Linear(width, N_ACTIONS)
+        self.state_head = nn.Sequential(
+            nn.Linear(width, config.head_hidden), nn.GELU(), nn.Linear(config.head_hidden, STATE_DIM)
+        )
+
+    # --- building, saving, loading --------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: GroundedLMConfig, seed: int = 0) -> GroundedLM:
+        """A fresh grounded LM: pretrained base, new heads (seeded), LoRA or full fine-tuning."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        folder = resolve_base_model(config.base_model)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        lm = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+        torch.manual_seed(seed)
+        if config.finetune == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            lm = get_peft_model(lm, LoraConfig(
+                r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                target_modules=list(config.lora_targets), bias="none",
+            ))
+        return cls(lm, tokenizer, config)
+
+    def save(self, folder: Path) -> None:
+        """Write config, heads, and the adapter (LoRA) or the full LM weights into ``folder``."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2))
+        heads = {f"{name}.{key}": value.detach().cpu().contiguous() for name in _HEADS
+                 for key, value in getattr(self, name).state_dict().items()}
+        save_file(heads, str(folder / HEADS_FILE))
+        if self.config.finetune == "lora":
+            self.lm.save_pretrained(folder / ADAPTER_DIR)
+        else:
+            self.lm.save_pretrained(folder / FULL_MODEL_DIR)
+        self.tokenizer.save_pretrained(folder / "tokenizer")
+
+    @classmethod
+    def load(cls, folder: Path) -> GroundedLM:
+        """Restore a model written by :meth:`save` (base weights come from ``base_model``)."""
+        from safetensors.torch import load_file
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        folder = Path(folder)
+        if not (folder / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"no grounded LM at {folder} (missing {CONFIG_FILE})")
+        config = GroundedLMConfig(**json.loads((folder / CONFIG_FILE).read_text()))
+        tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+        if config.finetune == "lora":
+            from peft import PeftModel
+
+            base = AutoModelForCausalLM.from_pretrained(
+                resolve_base_model(config.base_model), local_files_only=True, dtype=torch.float32
+            )
+            lm = PeftModel.from_pretrained(base, folder / ADAPTER_DIR, is_trainable=True)
+        else:
+            lm = AutoModelForCausalLM.from_pretrained(folder / FULL_MODEL_DIR, local_files_only=True, dtype=torch.float32)
+        model = cls(lm, tokenizer, config)
+        heads = load_file(str(folder / HEADS_FILE))
+        for name in _HEADS:
+            prefix = f"{name}."
+            getattr(model, name).load_state_dict({k[len(prefix):]: v for k, v in heads.items() if k.startswith(prefix)})
+        return model
+
+    # --- the forward pass -----------------------------------------------------------------------
+
+    def _causal_lm(self) -> nn.Module:
+        """The transformers causal LM inside (under the peft wrapper when LoRA is on)."""
+        return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text`` without special tokens."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    @property
+    def eos_id(self) -> int:
+        return int(self.tokenizer.eos_token_id)
+
+    def embed(self, token_ids: torch.Tensor, kinds: torch.Tensor, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """``(B, L, d)`` input embeddings: token embeddings at text, encoders at slots."""
+        embeddings = self._causal_lm().get_input_embeddings()(token_ids)
+        slot_states = self.state_encoder(states)
+        slot_actions = self.action_embedding(actions)
+        kinds = kinds.unsqueeze(-1)
+        embeddings = torch.where(kinds == STATE_SLOT, slot_states, embeddings)
+        return torch.where(kinds == ACTION_SLOT, slot_actions, embeddings)
+
+    def decode(self, embeddings: torch.Tensor, attention_mask: torch.Tensor, past_key_values: Any = None, position_ids: torch.Tensor | None = None) -> Any:
+        """Run the LM's decoder (with LoRA) on embeddings; returns its output with the KV cache."""
+        if position_ids is None:
+            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -embeddings.shape[1]:]
+        return self._causal_lm().get_decoder()(
+            inputs_embeds=embeddings, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, use_cache=past_key_values is not None,
+        )
+
+    def text_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM-head logits of selected hidden states ``(..., d) -> (..., vocab)``."""
+        return self._causal_lm().get_output_embeddings()(hidden)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> ForwardOutput:
+        """Losses of a collated batch (see :func:`kalm_gen.sequences.collate`)."""
+        embeddings = self.embed(batch["token_ids"], batch["kinds"], batch["states"], batch["actions"])
+        hidden = self.decode(embeddings, batch["attention_mask"]).last_hidden_state
+        action_loss = state_loss = text_loss = None
+        at = batch["action_targets"] != IGNORE
+        if at.any():
+            action_loss = F.cross_entropy(self.action_head(hidden[at]), batch["action_targets"][at])
+        st = batch["state_target_mask"]
+        if st.any():
+            state_loss = F.mse_loss(self.state_head(hidden[st]), batch["state_targets"][st])
+        tt = batch["token_targets"] != IGNORE
+        if tt.any():
+            text_loss = F.cross_entropy(self.text_logits(hidden[tt]), batch["token_targets"][tt])
+        return ForwardOutput(hidden, action_loss, state_loss, text_loss)
+
+
+_HEADS = ("state_encoder", "action_embedding", "action_head", "state_head")
+
+
+def to_tensors(batch: dict[str, Any], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Collated numpy arrays as tensors on ``device``."""
+    return {key: torch.as_tensor(value, device=device) for key, value in batch.items()}

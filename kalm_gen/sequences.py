@@ -1,0 +1,179 @@
+"""Mixed text / trajectory sequences: what the grounded LM reads and what it is trained to predict.
+
+A sequence is a list of positions. Text positions hold token ids; trajectory slots hold a ball
+state ``S`` (10 floats, m) or an action ``A`` (0..39), which :class:`kalm_gen.grounded_lm.GroundedLM`
+writes into the embedding sequence. Targets sit on the position that predicts them:
+
+- a state slot ``S_t`` predicts the action ``a_t`` that follows it (cross-entropy);
+- an action slot ``A_t`` predicts the next state ``S_{t+1}`` as a change from ``S_t``
+  (mean squared error in units of :data:`STATE_SCALE`);
+- a text position predicts the next token where the text is a target (cross-entropy).
+
+Three grounding tasks (DESIGN.md section 5):
+
+| task | layout | loss on |
+|---|---|---|
+| ``rollout`` (goal -> rollout) | ``"Instruction: <text>\\nRollout:"`` S0 A0 S1 ... S_T | actions and states |
+| ``explain`` (rollout -> goal) | ``"Rollout:"`` S0 A0 ... S_T ``"\\nInstruction: <text><eos>"`` | instruction tokens |
+| ``dynamics`` (one step) | ``"Dynamics:"`` S_t A_t S_{t+1} | the next state |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+TEXT, STATE_SLOT, ACTION_SLOT = 0, 1, 2
+IGNORE = -100  # target value meaning "no loss here" (PyTorch's cross-entropy default)
+STATE_SCALE = 0.1  # m: state changes are predicted in tenths of a metre
+TASKS = ("rollout", "explain", "dynamics")
+
+
+def rollout_prompt(instruction: str) -> str:
+    """Text before the trajectory slots of a goal -> rollout sequence."""
+    return f"Instruction: {instruction}\nRollout:"
+
+
+EXPLAIN_PROMPT = "Rollout:"
+EXPLAIN_ANSWER = "\nInstruction:"
+DYNAMICS_PROMPT = "Dynamics:"
+
+
+@dataclass
+class Sequence:
+    """One example, all arrays of length ``L`` (positions).
+
+    Attributes:
+        token_ids: int64 token id at text positions, 0 at slots.
+        kinds: int8, :data:`TEXT`, :data:`STATE_SLOT` or :data:`ACTION_SLOT`.
+        states: ``(L, 10)`` float32 state at state slots, else 0.
+        actions: int64 action at action slots, else 0.
+        token_targets: int64 next-token target at text positions, else :data:`IGNORE`.
+        action_targets: int64 next action at state slots, else :data:`IGNORE`.
+        state_targets: ``(L, 10)`` float32 scaled next-state change at action slots.
+        state_target_mask: bool, where ``state_targets`` counts.
+        task: which grounding task built it.
+    """
+
+    token_ids: np.ndarray
+    kinds: np.ndarray
+    states: np.ndarray
+    actions: np.ndarray
+    token_targets: np.ndarray
+    action_targets: np.ndarray
+    state_targets: np.ndarray
+    state_target_mask: np.ndarray
+    task: str
+
+    def __len__(self) -> int:
+        return len(self.kinds)
+
+
+class SequenceBuilder:
+    """Appends text and trajectory pieces, then freezes them into a :class:`Sequence`."""
+
+    def __init__(self, task: str) -> None:
+        self.task = task
+        self.token_ids: list[int] = []
+        self.kinds: list[int] = []
+        self.states: list[np.ndarray] = []
+        self.actions: list[int] = []
+        self.token_targets: list[int] = []
+        self.action_targets: list[int] = []
+        self.state_targets: list[np.ndarray] = []
+        self.state_target_mask: list[bool] = []
+
+    def _append(self, kind: int, token: int = 0, state: np.ndarray | None = None, action: int = 0) -> None:
+        self.kinds.append(kind)
+        self.token_ids.append(token)
+        self.states.append(np.zeros(10, np.float32) if state is None else np.asarray(state, np.float32))
+        self.actions.append(action)
+        self.token_targets.append(IGNORE)
+        self.action_targets.append(IGNORE)
+        self.state_targets.append(np.zeros(10, np.float32))
+        self.state_target_mask.append(False)
+
+    def text(self, token_ids: list[int], target: bool = False) -> None:
+        """Append text; with ``target`` the position before each token learns to predict it."""
+        for token in token_ids:
+            if target:
+                self.token_targets[-1] = token
+            self._append(TEXT, token=token)
+
+    def trajectory(self, states: np.ndarray, actions: np.ndarray, targets: bool) -> None:
+        """Append ``S0 A0 S1 ... S_T`` (``states`` ``(T+1, 10)``, ``actions`` ``(T,)``).
+
+        With ``targets`` every state slot learns its next action and every action slot the next
+        state change.
+        """
+        for t, action in enumerate(actions):
+            self._append(STATE_SLOT, state=states[t])
+            if targets:
+                self.action_targets[-1] = int(action)
+            self._append(ACTION_SLOT, action=int(action))
+            if targets:
+                self.state_targets[-1] = (states[t + 1] - states[t]) / STATE_SCALE
+                self.state_target_mask[-1] = True
+        self._append(STATE_SLOT, state=states[len(actions)])
+
+    def build(self) -> Sequence:
+        return Sequence(
+            token_ids=np.array(self.token_ids, dtype=np.int64),
+            kinds=np.array(self.kinds, dtype=np.int8),
+            states=np.stack(self.states).astype(np.float32),
+            actions=np.array(self.actions, dtype=np.int64),
+            token_targets=np.array(self.token_targets, dtype=np.int64),
+            action_targets=np.array(self.action_targets, dtype=np.int64),
+            state_targets=np.stack(self.state_targets).astype(np.float32),
+            state_target_mask=np.array(self.state_target_mask, dtype=bool),
+            task=self.task,
+        )
+
+
+def rollout_sequence(tokenize, instruction: str, states: np.ndarray, actions: np.ndarray) -> Sequence:
+    """Goal -> rollout: the instruction, then the trajectory with action and state targets.
+
+    ``tokenize(text) -> list[int]`` is the LM tokenizer without special tokens.
+    """
+    builder = SequenceBuilder("rollout")
+    builder.text(tokenize(rollout_prompt(instruction)))
+    builder.trajectory(states, actions, targets=True)
+    return builder.build()
+
+
+def explain_sequence(tokenize, eos_id: int, instruction: str, states: np.ndarray, actions: np.ndarray) -> Sequence:
+    """Rollout -> goal: the trajectory, then the instruction as the LM's target."""
+    builder = SequenceBuilder("explain")
+    builder.text(tokenize(EXPLAIN_PROMPT))
+    builder.trajectory(states, actions, targets=False)
+    builder.text(tokenize(EXPLAIN_ANSWER))
+    builder.text(tokenize(" " + instruction) + [eos_id], target=True)
+    return builder.build()
+
+
+def dynamics_sequence(tokenize, state: np.ndarray, action: int, next_state: np.ndarray) -> Sequence:
+    """One step of dynamics: ``S_t A_t`` predicts ``S_{t+1}``."""
+    builder = SequenceBuilder("dynamics")
+    builder.text(tokenize(DYNAMICS_PROMPT))
+    builder.trajectory(np.stack([state, next_state]), np.array([action]), targets=True)
+    # only the state change is a target here; the action at S_t is given, not predicted
+    sequence = builder.build()
+    sequence.action_targets[:] = IGNORE
+    return sequence
+
+
+def collate(sequences: list[Sequence]) -> dict[str, np.ndarray]:
+    """Right-pad sequences into ``(B, L_max)`` arrays plus an ``attention_mask``."""
+    length = max(len(s) for s in sequences)
+    batch: dict[str, np.ndarray] = {}
+    for field, fill in (
+        ("token_ids", 0), ("kinds", TEXT), ("actions", 0), ("token_targets", IGNORE),
+        ("action_targets", IGNORE), ("state_target_mask", False),
+    ):
+        values = [getattr(s, field) for s in sequences]
+        batch[field] = np.stack([np.pad(v, (0, length - len(v)), constant_values=fill) for v in values])
+    for field in ("states", "state_targets"):
+        batch[field] = np.stack([np.pad(getattr(s, field), ((0, length - len(s)), (0, 0))) for s in sequences])
+    batch["attention_mask"] = np.stack([np.arange(length) < len(s) for s in sequences]).astype(np.int64)
+    return batch
