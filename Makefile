@@ -22,11 +22,14 @@ $(STAMP): pyproject.toml Makefile
 test: setup
 	$(BIN)/python -m pytest -q
 
+# The main job for now: the scripted oracle on every goal level, a success table and a frame.
 demo: setup
-	$(BIN)/kalm demo
+	$(BIN)/kalm oracle --level all --episodes 100 --workers 2 --frame runs/demo/oracle_frames.png
 
 bench: setup
 	$(BIN)/python benchmarks/env_speed.py
+	$(BIN)/python benchmarks/dataset_io.py
+	$(BIN)/python benchmarks/dataset_build.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
