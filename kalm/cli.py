@@ -11,9 +11,9 @@ import json
 import sys
 from collections.abc import Sequence
 
-from kalm.commands import datasets, oracle
+from kalm.commands import datasets, ground, oracle
 
-COMMANDS = {"oracle": oracle, "datasets": datasets}
+COMMANDS = {"oracle": oracle, "datasets": datasets, "ground": ground}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,105 @@
+"""``kalm ground``: ground a language model in CLEVR-Robot on Minari datasets (LoRA or full).
+
+Runs :func:`kalm_gen.train.train_grounding`; an output folder that already holds a checkpoint of
+the same run is resumed. Several processes: ``accelerate launch --multi_gpu --num_processes N
+-m kalm.cli ground ...`` (on a CPU-only machine too: the processes join with gloo).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from kalm.commands import add_json_flag
+
+HELP = "ground a language model in CLEVR-Robot (rollout, explanation and dynamics tasks)"
+
+
+def _task_weights(text: str) -> dict[str, float]:
+    """``rollout=1,explain=1,dynamics=2`` -> a dict."""
+    weights = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"task weight {part!r} is not NAME=WEIGHT")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"task weight {part!r}: {value!r} is not a number") from error
+    return weights
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--datasets", nargs="+", required=True, metavar="ID",
+                        help="Minari dataset ids (or dataset folders) of our spaces")
+    parser.add_argument("--base-model", default="smollm2",
+                        help="'smollm2' (embedded SmolLM2-135M-Instruct), a local model folder or a .gguf file")
+    parser.add_argument("--finetune", choices=("lora", "full"), default="lora")
+    parser.add_argument("--lora-rank", type=int, default=16)
+    parser.add_argument("--head-hidden", type=int, default=256, help="hidden width of the state encoder and head")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=8, help="sequences per step and process")
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--warmup-steps", type=int, default=0)
+    parser.add_argument("--output", required=True, help="run folder: checkpoints, log.jsonl, final/")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--checkpoint-every", type=int, default=100)
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="share of episodes held out")
+    parser.add_argument("--max-episodes", type=int, help="at most this many episodes per dataset")
+    parser.add_argument("--task-weights", type=_task_weights, default=None, metavar="rollout=1,explain=1,dynamics=1",
+                        help="relative frequency of each task in a batch (default equal)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; on 2 shared "
+                        "cores 1 thread can be several times faster)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_json_flag(parser)
+
+
+def config_from_args(args: argparse.Namespace):
+    from kalm_gen.grounding_data import DEFAULT_TASK_WEIGHTS
+    from kalm_gen.train import GroundingTrainConfig
+
+    return GroundingTrainConfig(
+        datasets=list(args.datasets), output=args.output, base_model=args.base_model,
+        finetune=args.finetune, lora_rank=args.lora_rank, head_hidden=args.head_hidden, lr=args.lr,
+        warmup_steps=args.warmup_steps, batch_size=args.batch_size, steps=args.steps,
+        eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, seed=args.seed,
+        task_weights=dict(args.task_weights or DEFAULT_TASK_WEIGHTS), val_fraction=args.val_fraction,
+        max_episodes=args.max_episodes,
+    )
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def run(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
+    from kalm_gen.train import train_grounding
+
+    config = config_from_args(args)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads {args.threads} must be at least 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    summary = train_grounding(config, progress=not args.no_progress)
+    if not summary.get("main_process", True):
+        return summary, "", 0
+    train, val = summary["train_losses"], summary["val_losses"]
+    rows = ["rollout", "rollout_action", "rollout_state", "explain", "dynamics"]
+    lines = [f"{'loss':<16}{'train':>10}{'val':>10}"]
+    lines += [f"{name:<16}{_fmt(train.get(name)):>10}{_fmt(val.get(name)):>10}" for name in rows]
+    resumed = summary.get("resumed_from")
+    status = "already complete" if summary.get("already_complete") else (
+        f"resumed from step {resumed}" if resumed is not None else "from scratch")
+    rate = summary.get("positions_per_s")
+    lines += [
+        f"steps: {summary['steps']} ({status}), {summary['num_processes']} process(es), "
+        f"batch {summary['batch_size']} per process",
+        f"episodes: {summary['train_episodes']} train, {summary['val_episodes']} val",
+        f"wall time: {summary['wall_s']:.1f} s, training {summary.get('train_s', 0):.1f} s, "
+        f"{rate if rate is not None else '-'} positions/s",
+        f"final model: {summary['final_model']}",
+    ]
+    return summary, "\n".join(lines), 0

@@ -1,0 +1,410 @@
+"""Grounding examples from Minari episodes: what :mod:`kalm_gen.train` feeds the grounded LM.
+
+Episodes come from one or more datasets of our spaces (ids under the Minari root, or dataset
+folders). Each episode yields examples of the three grounding tasks of
+:mod:`kalm_gen.sequences`:
+
+- ``rollout`` (instruction -> whole trajectory), ``explain`` (whole trajectory -> instruction),
+  ``dynamics`` (one step ``S_t A_t -> S_{t+1}`` at a step drawn at random).
+
+Instructions are re-drawn every time an episode is used: among every wording of its goal at its
+dataset's level (:func:`kalm_envs.language.instruction_variants`), so the LM sees the goal under
+many phrasings. An episode whose recorded instruction is not one of those wordings (e.g. KALM's
+released data, imported with KALM's own phrasing) keeps its recorded text.
+
+Validation holds whole episodes out (a seeded fraction): no episode gives examples to both
+splits.
+
+Batches are a pure function of ``(seed, batch index)`` (:meth:`GroundingData.train_batch`), so
+a resumed run sees exactly the batches it would have seen, and process ``r`` of ``n`` takes batch
+``step * n + r`` (:class:`GroundingSampler`), so every process trains on different examples.
+Within a batch the tasks are mixed in proportion to the task weights (systematic sampling: each
+task gets the floor or ceiling of its share of the batch, never a batch without a task whose
+share is at least one example).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kalm_envs.goals import Goal
+from kalm_envs.language import instruction_variants
+from kalm_envs.minari_io import DatasetError, dataset_dir, datasets_root, read_metadata, read_packed
+from kalm_envs.registration import ENV_IDS
+from kalm_gen.sequences import TASKS, Sequence as TokenSequence
+from kalm_gen.sequences import collate, dynamics_sequence, explain_sequence, rollout_sequence
+
+__all__ = [
+    "DEFAULT_TASK_WEIGHTS",
+    "GroundingData",
+    "GroundingEpisode",
+    "GroundingSampler",
+    "dataset_level",
+    "load_grounding_episodes",
+    "normalize_task_weights",
+    "split_episodes",
+]
+
+DEFAULT_TASK_WEIGHTS: dict[str, float] = {task: 1.0 for task in TASKS}
+TASK_INDEX: dict[str, int] = {task: i for i, task in enumerate(TASKS)}
+_LEVEL_OF_ENV = {env_id: level for level, env_id in ENV_IDS.items()}
+_STATE_DIM, _N_ACTIONS = 10, 40
+
+
+@dataclass(frozen=True)
+class GroundingEpisode:
+    """One episode as the grounding tasks use it.
+
+    Attributes:
+        episode_id: running number over every loaded dataset (0, 1, ...).
+        source: the dataset it came from (as given), and ``index`` its position there.
+        level: the dataset's instruction level (train, rephrase, easy or hard).
+        states: ``(T + 1, 10)`` float32; ``actions``: ``(T,)`` int64, ``T >= 1``.
+        goal: ``(10,)`` int64 goal array.
+        recorded_instruction: the instruction stored in the dataset.
+        wordings: the texts an instruction is drawn from: every wording of the goal at ``level``,
+            or just the recorded instruction when it is not one of them.
+    """
+
+    episode_id: int
+    source: str
+    index: int
+    level: str
+    states: np.ndarray
+    actions: np.ndarray
+    goal: np.ndarray
+    recorded_instruction: str
+    wordings: tuple[str, ...]
+
+    @property
+    def length(self) -> int:
+        return len(self.actions)
+
+
+def _dataset_folder(dataset: str | Path) -> Path:
+    """The folder of a dataset id or path; ``FileNotFoundError`` naming it when absent."""
+    folder = Path(dataset)
+    if folder.is_dir():
+        return folder
+    candidate = dataset_dir(str(dataset))
+    if candidate.is_dir():
+        return candidate
+    raise FileNotFoundError(
+        f"dataset {str(dataset)!r} not found: no such folder and no dataset of that id under the "
+        f"Minari root {datasets_root()} (build it with: kalm datasets build {dataset})"
+    )
+
+
+def dataset_level(dataset: str | Path) -> str:
+    """The instruction level of a dataset of our spaces, read from its Minari metadata.
+
+    Raises:
+        FileNotFoundError: the dataset does not exist.
+        ValueError: it is not a CLEVR-Robot dataset of our spaces (another env id, observation or
+            action space), or its metadata is unreadable; the message names the dataset.
+    """
+    folder = _dataset_folder(dataset)
+    try:
+        metadata = read_metadata(folder)
+    except DatasetError as error:
+        raise ValueError(f"dataset {str(dataset)!r}: {error}") from error
+    try:
+        env_spec = json.loads(metadata.get("env_spec") or "null") or {}
+        action_space = json.loads(metadata.get("action_space") or "null") or {}
+        observation_space = json.loads(metadata.get("observation_space") or "null") or {}
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"dataset {str(dataset)!r}: unreadable space metadata ({error})") from error
+    env_id = env_spec.get("id")
+    if env_id not in _LEVEL_OF_ENV:
+        raise ValueError(
+            f"dataset {str(dataset)!r} was recorded in env {env_id!r}, not a CLEVR-Robot env of "
+            f"KALM-Gym ({', '.join(ENV_IDS.values())}); grounding needs our observation and "
+            "action spaces"
+        )
+    subspaces = observation_space.get("subspaces", {}) if isinstance(observation_space, dict) else {}
+    state_space = subspaces.get("observation", {})
+    spaces_ok = (
+        action_space.get("type") == "Discrete"
+        and action_space.get("n") == _N_ACTIONS
+        and int(action_space.get("start", 0)) == 0
+        and observation_space.get("type") == "Dict"
+        and state_space.get("type") == "Box"
+        and list(state_space.get("shape", [])) == [_STATE_DIM]
+        and subspaces.get("instruction", {}).get("type") == "Text"
+    )
+    if not spaces_ok:
+        raise ValueError(
+            f"dataset {str(dataset)!r} (env {env_id}) does not have our spaces: expected "
+            f"Discrete({_N_ACTIONS}) actions and a Dict observation with a (10,) Box "
+            f"'observation' and a Text 'instruction', got action space {action_space} and "
+            f"observation space {observation_space}"
+        )
+    level = env_spec.get("kwargs", {}).get("level", _LEVEL_OF_ENV[env_id])
+    if level != _LEVEL_OF_ENV[env_id]:
+        raise ValueError(f"dataset {str(dataset)!r}: env {env_id} with level {level!r} is inconsistent")
+    return level
+
+
+def _wordings(goal_array: np.ndarray, level: str, recorded: str, cache: dict) -> tuple[str, ...]:
+    """Every wording of the goal at ``level`` if ``recorded`` is one of them, else ``(recorded,)``."""
+    key = (tuple(int(v) for v in goal_array), level)
+    if key not in cache:
+        try:
+            variants = tuple(instruction_variants(Goal.from_array(goal_array), level))
+        except ValueError:  # a goal the level does not word (or a malformed goal array)
+            variants = ()
+        cache[key] = (variants, frozenset(variants))
+    variants, lookup = cache[key]
+    return variants if recorded in lookup else (recorded,)
+
+
+def load_grounding_episodes(
+    datasets: str | Path | Sequence[str | Path], max_episodes: int | None = None
+) -> list[GroundingEpisode]:
+    """Every episode (at most ``max_episodes`` per dataset, the first ones) of the datasets.
+
+    Episodes without a step are skipped (they give no trajectory to learn from). Raises
+    ``FileNotFoundError`` for a missing dataset and ``ValueError`` for one of another env or
+    spaces, or when no episode is left.
+    """
+    names = [datasets] if isinstance(datasets, str | Path) else list(datasets)
+    if not names:
+        raise ValueError("grounding needs at least one dataset")
+    if max_episodes is not None and max_episodes < 1:
+        raise ValueError(f"max_episodes {max_episodes} must be at least 1")
+    levels = [dataset_level(name) for name in names]  # check them all before reading any
+    episodes: list[GroundingEpisode] = []
+    cache: dict = {}
+    for name, level in zip(names, levels, strict=True):
+        try:
+            packed = read_packed(_dataset_folder(name))
+        except DatasetError as error:
+            raise ValueError(f"dataset {str(name)!r}: {error}") from error
+        lengths = packed["lengths"]
+        count = len(lengths) if max_episodes is None else min(max_episodes, len(lengths))
+        step_starts = np.concatenate([[0], np.cumsum(lengths)])
+        state_starts = np.concatenate([[0], np.cumsum(lengths + 1)])
+        for i in range(count):
+            if lengths[i] < 1:
+                continue
+            recorded = str(packed["instructions"][i])
+            goal = packed["goals"][i].astype(np.int64)
+            episodes.append(GroundingEpisode(
+                episode_id=len(episodes),
+                source=str(name),
+                index=i,
+                level=level,
+                states=packed["observations"][state_starts[i]:state_starts[i + 1]].astype(np.float32),
+                actions=packed["actions"][step_starts[i]:step_starts[i + 1]].astype(np.int64),
+                goal=goal,
+                recorded_instruction=recorded,
+                wordings=_wordings(goal, level, recorded, cache),
+            ))
+    if not episodes:
+        raise ValueError(f"datasets {[str(n) for n in names]} hold no episode with a step")
+    return episodes
+
+
+def split_episodes(
+    episodes: Sequence[GroundingEpisode], val_fraction: float, seed: int
+) -> tuple[list[GroundingEpisode], list[GroundingEpisode]]:
+    """Hold out ``round(val_fraction * n)`` whole episodes (at least one when the fraction is
+    positive), chosen with ``seed``; returns ``(train, val)``, each in the original order."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction {val_fraction} must lie in [0, 1)")
+    n = len(episodes)
+    n_val = 0 if val_fraction == 0 else max(1, int(round(val_fraction * n)))
+    if n_val >= n:
+        raise ValueError(
+            f"val_fraction {val_fraction} of {n} episode(s) leaves no training episode; "
+            "use more episodes or a smaller fraction"
+        )
+    held_out = set(np.random.default_rng([seed, 0x5EED]).permutation(n)[:n_val].tolist())
+    train = [e for i, e in enumerate(episodes) if i not in held_out]
+    val = [e for i, e in enumerate(episodes) if i in held_out]
+    return train, val
+
+
+def normalize_task_weights(weights: dict[str, float] | None) -> np.ndarray:
+    """``(3,)`` task probabilities in :data:`kalm_gen.sequences.TASKS` order (missing tasks: 0)."""
+    weights = dict(DEFAULT_TASK_WEIGHTS if weights is None else weights)
+    unknown = sorted(set(weights) - set(TASKS))
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown} in task weights; tasks are {list(TASKS)}")
+    values = np.array([float(weights.get(task, 0.0)) for task in TASKS])
+    if not np.all(np.isfinite(values)) or np.any(values < 0) or values.sum() <= 0:
+        raise ValueError(f"task weights {weights} must be finite, non-negative and not all zero")
+    return values / values.sum()
+
+
+class GroundingData:
+    """Train and validation examples of the grounding tasks, as collated batches.
+
+    Args:
+        episodes: from :func:`load_grounding_episodes`.
+        tokenize: ``text -> token ids`` without special tokens (``GroundedLM.tokenize``).
+        eos_id: the end-of-text token closing an explanation.
+        task_weights: relative frequency of each task in training batches (default equal).
+        val_fraction: share of episodes held out for validation.
+        seed: drives the split, the batches, the wordings and the dynamics steps.
+    """
+
+    def __init__(
+        self,
+        episodes: Sequence[GroundingEpisode],
+        tokenize: Callable[[str], list[int]],
+        eos_id: int,
+        task_weights: dict[str, float] | None = None,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+    ) -> None:
+        self.tokenize = tokenize
+        self.eos_id = int(eos_id)
+        self.seed = int(seed)
+        self.task_probabilities = normalize_task_weights(task_weights)
+        self.train_episodes, self.val_episodes = split_episodes(episodes, val_fraction, seed)
+        self._token_cache: dict[str, list[int]] = {}
+        self._epoch_cache: dict[int, np.ndarray] = {}
+
+    # --- single examples -------------------------------------------------------------------------
+
+    def _tokens(self, text: str) -> list[int]:
+        if text not in self._token_cache:
+            self._token_cache[text] = list(self.tokenize(text))
+        return self._token_cache[text]
+
+    def example(self, episode: GroundingEpisode, task: str, rng: np.random.Generator) -> TokenSequence:
+        """One sequence of ``task`` from ``episode``: a wording (rollout, explain) or a step
+        (dynamics) drawn with ``rng``."""
+        if task == "dynamics":
+            t = int(rng.integers(episode.length))
+            return dynamics_sequence(
+                self._tokens, episode.states[t], int(episode.actions[t]), episode.states[t + 1]
+            )
+        instruction = episode.wordings[int(rng.integers(len(episode.wordings)))]
+        if task == "rollout":
+            return rollout_sequence(self._tokens, instruction, episode.states, episode.actions)
+        if task == "explain":
+            return explain_sequence(self._tokens, self.eos_id, instruction, episode.states, episode.actions)
+        raise ValueError(f"unknown task {task!r}; tasks are {list(TASKS)}")
+
+    # --- training batches ------------------------------------------------------------------------
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        """The training episodes' order in ``epoch`` (a seeded permutation)."""
+        if epoch not in self._epoch_cache:
+            if len(self._epoch_cache) > 4:
+                self._epoch_cache.clear()
+            rng = np.random.default_rng([self.seed, 0xE90C, epoch])
+            self._epoch_cache[epoch] = rng.permutation(len(self.train_episodes))
+        return self._epoch_cache[epoch]
+
+    def task_counts(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+        """How many examples of each task a batch holds: systematic sampling of the weights."""
+        cumulative = np.cumsum(self.task_probabilities)
+        cumulative[int(np.flatnonzero(self.task_probabilities)[-1]):] = 1.0  # exact top edge
+        edges = np.floor(cumulative * batch_size + rng.random()).astype(np.int64)
+        return np.diff(np.concatenate([[0], edges]))
+
+    def batch_plan(
+        self, index: int, batch_size: int
+    ) -> tuple[list[tuple[GroundingEpisode, str]], np.random.Generator]:
+        """The ``(episode, task)`` pairs of training batch ``index`` and its example rng.
+
+        Batch ``index`` takes positions ``index * batch_size ...`` of the endless episode stream
+        (one seeded permutation of the training episodes per epoch after another).
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch size {batch_size} must be at least 1")
+        rng = np.random.default_rng([self.seed, 0xBA7C, index])
+        counts = self.task_counts(batch_size, rng)
+        tasks = np.repeat(np.arange(len(TASKS)), counts)
+        rng.shuffle(tasks)
+        n = len(self.train_episodes)
+        plan = []
+        for offset, task in enumerate(tasks):
+            position = index * batch_size + offset
+            episode = self.train_episodes[int(self._epoch_order(position // n)[position % n])]
+            plan.append((episode, TASKS[int(task)]))
+        return plan, rng
+
+    def train_sequences(self, index: int, batch_size: int) -> list[TokenSequence]:
+        """The sequences of training batch ``index``."""
+        plan, rng = self.batch_plan(index, batch_size)
+        return [self.example(episode, task, rng) for episode, task in plan]
+
+    def train_batch(self, index: int, batch_size: int) -> dict[str, np.ndarray]:
+        """Training batch ``index``, collated (plus ``task_ids`` and ``episode_ids``)."""
+        plan, rng = self.batch_plan(index, batch_size)
+        return collate_examples([self.example(e, t, rng) for e, t in plan], [e.episode_id for e, _ in plan])
+
+    # --- validation --------------------------------------------------------------------------------
+
+    def val_sequences(self) -> list[tuple[GroundingEpisode, TokenSequence]]:
+        """One example of every task per validation episode, fixed by the seed."""
+        examples = []
+        for episode in self.val_episodes:
+            rng = np.random.default_rng([self.seed, 0x7A1, episode.episode_id])
+            examples += [(episode, self.example(episode, task, rng)) for task in TASKS]
+        return examples
+
+    def val_batches(self, batch_size: int, rank: int = 0, world_size: int = 1) -> list[dict[str, np.ndarray]]:
+        """Collated validation batches, each of one task; process ``rank`` of ``world_size``
+        takes every ``world_size``-th batch."""
+        by_task: dict[str, list[tuple[GroundingEpisode, TokenSequence]]] = {task: [] for task in TASKS}
+        for episode, sequence in self.val_sequences():
+            by_task[sequence.task].append((episode, sequence))
+        batches = []
+        for task in TASKS:
+            items = by_task[task]
+            for start in range(0, len(items), batch_size):
+                chunk = items[start:start + batch_size]
+                batches.append(collate_examples([s for _, s in chunk], [e.episode_id for e, _ in chunk]))
+        return batches[rank::world_size]
+
+
+def collate_examples(sequences: Sequence[TokenSequence], episode_ids: Sequence[int]) -> dict[str, np.ndarray]:
+    """:func:`kalm_gen.sequences.collate` plus ``task_ids`` (index into TASKS) and ``episode_ids``."""
+    batch = collate(list(sequences))
+    batch["task_ids"] = np.array([TASK_INDEX[s.task] for s in sequences], dtype=np.int64)
+    batch["episode_ids"] = np.asarray(episode_ids, dtype=np.int64)
+    return batch
+
+
+class GroundingSampler:
+    """Endless training batches for one process: process ``rank`` of ``world_size`` takes batch
+    ``step * world_size + rank`` at each ``step``, starting at ``start_step``.
+
+    Batches are collated numpy arrays, or torch tensors on ``device`` when one is given.
+    """
+
+    def __init__(
+        self, data: GroundingData, batch_size: int, rank: int = 0, world_size: int = 1,
+        start_step: int = 0, device: Any = None,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} must lie in [0, {world_size})")
+        self.data = data
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
+        self.step = start_step
+        self.device = device
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        batch = self.data.train_batch(self.step * self.world_size + self.rank, self.batch_size)
+        self.step += 1
+        if self.device is None:
+            return batch
+        from kalm_gen.grounded_lm import to_tensors
+
+        return to_tensors(batch, self.device)
