@@ -25,7 +25,14 @@ from kalm_envs.physics import (
     ClevrPhysics,
     sample_ball_positions,
 )
-from kalm_envs.predicates import REWARD_MODES, is_success, transition_outcome
+from kalm_envs.predicates import (
+    REWARD_MODES,
+    GoalBatch,
+    GoalProgress,
+    goal_progress,
+    is_success,
+    outcome_between,
+)
 
 #: Walls bound ball centres to x in [-0.47, 0.47], y in [-0.17, 0.57]; the box adds the reset slack.
 OBSERVATION_LOW = np.tile(np.array([-0.6, -0.3], dtype=np.float32), N_BALLS)
@@ -89,6 +96,8 @@ class ClevrRobotEnv(gym.Env):
         self._instruction = ""
         self._initial_state = np.zeros((1, STATE_DIM))
         self._state = np.zeros((1, STATE_DIM))
+        self._goals: GoalBatch | None = None  # self._goal_array, decoded once per episode
+        self._progress: GoalProgress | None = None  # of self._state, so a step judges one state
 
     @property
     def goal(self) -> Goal:
@@ -130,6 +139,8 @@ class ClevrRobotEnv(gym.Env):
         else:
             self._goal = self._draw_unmet_goal()
         self._goal_array = self._goal.to_array()[None]
+        self._goals = GoalBatch(self._goal_array)
+        self._progress = goal_progress(self._state, self._goals, self._initial_state)
         if options.get("instruction") is not None:
             instruction = options["instruction"]
             if not isinstance(instruction, str):
@@ -137,19 +148,17 @@ class ClevrRobotEnv(gym.Env):
             self._instruction = validate_instruction(instruction)
         else:
             self._instruction = render_instruction(self._goal, self.level, self.np_random)
-        success = bool(is_success(self._state, self._goal_array, self._initial_state)[0])
-        return self._observation(), self._info(success)
+        return self._observation(), self._info(bool(self._progress.success[0]))
 
     def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
         """Push once (0.4 s of simulation) and judge the goal on the new ball centres."""
         if self._goal is None:
             raise RuntimeError("call reset() before step()")
         self.physics.push(check_action(action))
-        previous = self._state
         self._state = self.physics.ball_positions()[None].copy()
-        reward, success = transition_outcome(
-            previous, self._state, self._goal_array, self._initial_state, self.reward_mode
-        )
+        progress = goal_progress(self._state, self._goals, self._initial_state)
+        reward, success = outcome_between(self._progress, progress, self.reward_mode)
+        self._progress = progress
         done = bool(success[0])
         return self._observation(), float(reward[0]), done, False, self._info(done)
 
