@@ -11,9 +11,15 @@ import json
 import sys
 from collections.abc import Sequence
 
-from kalm.commands import datasets, ground, oracle
+from kalm.commands import datasets, ground, imagine, imagine_eval, oracle
 
-COMMANDS = {"oracle": oracle, "datasets": datasets, "ground": ground}
+COMMANDS = {
+    "oracle": oracle,
+    "datasets": datasets,
+    "ground": ground,
+    "imagine": imagine,
+    "imagine-eval": imagine_eval,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

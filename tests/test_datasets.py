@@ -48,7 +48,8 @@ def built_real(tmp_path_factory):
 
 def test_specs_cover_the_published_ids():
     specs = list_specs()
-    assert set(specs) == {REAL, HARD, "kalm/clevr-robot/oracle-easy-v0", "kalm/clevr-robot/oracle-rephrase-v0"}
+    assert set(specs) == {REAL, HARD, "kalm/clevr-robot/oracle-easy-v0", "kalm/clevr-robot/oracle-rephrase-v0",
+                          *(f"kalm/clevr-robot/imagined-{level}-v0" for level in ("rephrase", "easy", "hard"))}
     assert specs[REAL].episodes == 10_000 and specs[REAL].level == "train"
     card = specs[HARD].card()
     for needle in ("infos[\"goal\"]", "Reward", "Citation", "kalm datasets build " + HARD, "pang2024kalm"):

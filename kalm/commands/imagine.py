@@ -1,0 +1,77 @@
+"""``kalm imagine``: imagine rollouts of a level's goals with a saved grounded LM, as a dataset."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from kalm.commands import add_json_flag
+from kalm_envs.minari_io import read_metadata
+from kalm_envs.registration import MAX_EPISODE_STEPS
+from kalm_envs.verify import verify_dataset
+from kalm_gen.imagine import DEFAULT_BATCH_SIZE
+from kalm_gen.imagine_dataset import IMAGINED_LEVELS, imagined_id, write_imagined_dataset
+
+HELP = "imagine rollouts for a level's goals with a grounded LM and write them as a Minari dataset"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, required=True, help="folder written by GroundedLM.save")
+    parser.add_argument("--level", choices=IMAGINED_LEVELS, required=True)
+    parser.add_argument("--episodes", type=int, help="rollouts (default: the published spec's 2000)")
+    parser.add_argument("--seed", type=int, help="episode i imagines the task of env.reset(seed + i) "
+                                                 "(default: the spec's, as oracle-<level>-v0)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="rollouts generated together")
+    parser.add_argument("--id", help="dataset id (default kalm/clevr-robot/imagined-<level>-v0)")
+    parser.add_argument("--drop-invalid", action="store_true",
+                        help="drop rollouts cut at a non-finite or out-of-workbench state")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy actions (default)")
+    parser.add_argument("--sample-seed", type=int, default=0, help="seed of the action sampling")
+    parser.add_argument("--max-steps", type=int, default=MAX_EPISODE_STEPS)
+    parser.add_argument("--ref-episodes", type=int, default=100,
+                        help="random-policy and oracle episodes behind the reference scores")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes for the reference scores")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; on a busy "
+                                                    "machine 1 can be several times faster for small batches)")
+    add_json_flag(parser)
+
+
+def run(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
+    set_threads(args.threads)
+    dataset_id = args.id or imagined_id(args.level)
+    path = write_imagined_dataset(
+        args.model, args.level, episodes=args.episodes, seed=args.seed, batch_size=args.batch_size,
+        dataset_id=dataset_id, drop_invalid=args.drop_invalid, temperature=args.temperature,
+        sample_seed=args.sample_seed, max_steps=args.max_steps, ref_episodes=args.ref_episodes,
+        workers=args.workers, progress=True,
+    )
+    report = verify_dataset(dataset_id)
+    metadata = read_metadata(dataset_id)
+    kalm = metadata["kalm"]
+    counts = kalm["counts"]
+    summary = {
+        "id": dataset_id, "path": str(path), "level": args.level, "episodes": report.episodes,
+        "steps": report.steps, "generated": counts["generated"], "invalid": counts["invalid"],
+        "dropped": counts["dropped"], "success_rate": kalm["success_rate"],
+        "ref_scores": [metadata.get("ref_min_score"), metadata.get("ref_max_score")],
+        "model_sha256": kalm["generator"]["model_sha256"], "verified": report.ok,
+    }
+    lines = [
+        f"imagined {counts['generated']} rollouts of {args.level} goals: {counts['succeeded']} reach the goal, "
+        f"{counts['invalid']} cut at an invalid state, {counts['dropped']} dropped",
+        f"wrote {dataset_id} ({report.episodes} episodes, {report.steps} steps, success rate "
+        f"{kalm['success_rate']:.1%}) at {path}",
+        report.table(),
+    ]
+    return summary, "\n".join(lines), 0 if report.ok else 1
+
+
+def set_threads(threads: int | None) -> None:
+    """Apply a ``--threads`` option (None: leave torch's default)."""
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads {threads} must be at least 1")
+        import torch
+
+        torch.set_num_threads(threads)

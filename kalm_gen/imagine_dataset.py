@@ -1,0 +1,195 @@
+"""Writing imagined rollouts of a saved grounded LM as a Minari dataset (``kalm imagine``).
+
+Episode ``i`` imagines a rollout for the goal, wording and initial state of
+``env.reset(seed=seed + i)`` of the level's env (:func:`kalm_gen.imagine.level_tasks`). Episodes
+whose rollout was cut at an invalid state (see :mod:`kalm_gen.imagine`) are kept, truncated before
+that state, unless ``drop_invalid``; a rollout cut at its first step has no step and is always
+dropped. The metadata's ``kalm`` block holds the provenance: generator (model folder, base model,
+sha256 over the saved model's files), generation settings, seeds, and the counts of invalid and
+dropped rollouts. Reference scores are the random-policy and oracle mean returns on the level
+(:func:`kalm_envs.collector.reference_scores`), as for ``oracle-<level>-v0``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kalm_envs.collector import REF_EPISODES, REF_SEED_OFFSET, reference_scores
+from kalm_envs.dataset_specs import NAMESPACE, list_specs, package_version
+from kalm_envs.minari_io import dataset_dir, staging_dir, write_dataset
+from kalm_envs.registration import ENV_IDS, MAX_EPISODE_STEPS
+from kalm_gen.imagine import (
+    DEFAULT_BATCH_SIZE,
+    INVALID_RULE,
+    ImaginedEpisode,
+    check_level,
+    imagine_tasks,
+    level_tasks,
+)
+
+IMAGINED_LEVELS = ("rephrase", "easy", "hard")
+ALGORITHM_NAME = "GroundedLM-imagination"
+
+
+def imagined_id(level: str) -> str:
+    """The published id of ``level``'s imagined dataset."""
+    return f"{NAMESPACE}/imagined-{level}-v0"
+
+
+def model_checksum(folder: Path) -> str:
+    """SHA-256 over every file of a saved model folder (relative path and content, sorted)."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _versions() -> dict[str, str | None]:
+    out = {}
+    for name in ("kalm-gym", "torch", "transformers", "peft"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def generator_provenance(model: Any, model_dir: Path) -> dict[str, Any]:
+    """What identifies the generator: its folder, config, base model and the folder's checksum."""
+    from kalm_gen.base_model import COMPLETE_MARKER, resolve_base_model
+
+    info: dict[str, Any] = {
+        "class": "kalm_gen.grounded_lm.GroundedLM",
+        "model_dir": str(Path(model_dir).resolve()),
+        "model_sha256": model_checksum(model_dir),
+        "config": asdict(model.config),
+        "base_model": model.config.base_model,
+    }
+    base_folder = Path(resolve_base_model(model.config.base_model))
+    info["base_model_folder"] = str(base_folder)
+    marker = base_folder / COMPLETE_MARKER
+    if marker.is_file():  # a converted GGUF: its source file's size and sha256
+        info["base_model_source"] = json.loads(marker.read_text()).get("source")
+    return info
+
+
+def write_imagined_dataset(
+    model_dir: Path | str,
+    level: str,
+    episodes: int | None = None,
+    seed: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    dataset_id: str | None = None,
+    drop_invalid: bool = False,
+    temperature: float = 0.0,
+    sample_seed: int = 0,
+    max_steps: int = MAX_EPISODE_STEPS,
+    ref_episodes: int = REF_EPISODES,
+    workers: int = 1,
+    progress: bool = False,
+    model: Any = None,
+) -> Path:
+    """Imagine ``episodes`` rollouts of ``level`` with the model saved in ``model_dir`` and write
+    them as ``dataset_id`` (default ``kalm/clevr-robot/imagined-<level>-v0``); return its folder.
+
+    ``episodes`` and ``seed`` default to the published spec's (2000 from seed 1000000).
+    ``temperature`` 0 is greedy; else actions are sampled with ``sample_seed``. ``model`` may
+    pass the already loaded model of ``model_dir`` (it is still checksummed from the folder).
+
+    Raises ``ValueError`` (bad level or settings, no episode left), ``FileNotFoundError`` (no
+    model in ``model_dir``) and ``FileExistsError`` (the dataset exists).
+    """
+    from kalm_gen.grounded_lm import GroundedLM
+
+    if level not in IMAGINED_LEVELS:
+        check_level(level)  # names the levels when it is a typo
+        raise ValueError(f"level {level!r} has no imagined dataset; imagined levels: {IMAGINED_LEVELS}")
+    dataset_id = dataset_id or imagined_id(level)
+    spec = list_specs().get(imagined_id(level))
+    episodes = spec.episodes if episodes is None and spec else episodes
+    seed = spec.seed if seed is None and spec else (seed or 0)
+    if episodes is None or episodes < 1:
+        raise ValueError(f"episodes {episodes} must be at least 1")
+    if ref_episodes < 1 or workers < 1:
+        raise ValueError(f"ref_episodes {ref_episodes} and workers {workers} must be at least 1")
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"no grounded LM folder at {model_dir}")
+    if dataset_dir(dataset_id).exists():
+        raise FileExistsError(f"dataset {dataset_id} already exists at {dataset_dir(dataset_id)}")
+    if model is None:
+        model = GroundedLM.load(model_dir)
+    generator = generator_provenance(model, model_dir)
+
+    tasks = level_tasks(level, episodes, seed)
+    rollouts = imagine_tasks(
+        model, tasks, max_steps=max_steps, batch_size=batch_size, temperature=temperature,
+        seed=sample_seed, progress=progress,
+    )
+    kept = [e for e in rollouts if e.length >= 1 and not (drop_invalid and e.invalid)]
+    invalid = [e for e in rollouts if e.invalid]
+    if not kept:
+        raise ValueError(f"all {len(rollouts)} imagined rollouts were invalid and dropped; nothing to write")
+
+    work = staging_dir(dataset_id)
+    work.mkdir(parents=True, exist_ok=True)
+    ref_scores = reference_scores(level, seed + REF_SEED_OFFSET, workers, work, ref_episodes)
+    command = (f"kalm imagine --model {model_dir} --level {level} --episodes {episodes} --seed {seed} "
+               f"--batch-size {batch_size} --id {dataset_id}" + (" --drop-invalid" if drop_invalid else "")
+               + (f" --temperature {temperature} --sample-seed {sample_seed}" if temperature > 0 else ""))
+    provenance = {
+        "source": "imagined",
+        "level": level,
+        "seed": seed,
+        "episodes_requested": episodes,
+        "episodes": len(kept),
+        "spec": asdict(spec) if spec and dataset_id == spec.id else None,
+        "generator": generator,
+        "generation": {
+            "decoding": "greedy" if temperature <= 0 else "sampled",
+            "temperature": temperature,
+            "sample_seed": sample_seed,
+            "max_steps": max_steps,
+            "batch_size": batch_size,
+            "kv_cache": True,
+            "stop": "at success (kalm_envs.predicates.is_success) or max_steps",
+            "tasks": f"episode i: env.reset(seed={seed} + i) of {ENV_IDS[level]}",
+            "invalid_rule": INVALID_RULE,
+            "drop_invalid": drop_invalid,
+        },
+        "counts": summarize_rollouts(rollouts) | {
+            "invalid": len(invalid),
+            "dropped": len(rollouts) - len(kept),
+            "dropped_empty": sum(e.length == 0 for e in rollouts),
+            "cut_episodes": [i for i, e in enumerate(kept) if e.invalid],  # indices in this dataset
+        },
+        "success_rate": float(np.mean([e.success for e in kept])),
+        "ref_scores_from": f"{ref_episodes} episodes of a uniform random policy / the oracle",
+        "build_command": command,
+        "kalm_gym_version": package_version(),
+        "versions": _versions(),
+    }
+    description = spec.description if spec and dataset_id == spec.id else (
+        f"Rollouts imagined by a grounded LLM for CLEVR-Robot {level} goals.")
+    return write_dataset(dataset_id, kept, ENV_IDS[level], description, provenance, ref_scores,
+                         algorithm_name=ALGORITHM_NAME)
+
+
+def summarize_rollouts(rollouts: list[ImaginedEpisode]) -> dict[str, Any]:
+    """Counts and rates over generated rollouts (before any is dropped)."""
+    return {
+        "generated": len(rollouts),
+        "succeeded": int(sum(e.success for e in rollouts)),
+        "mean_length": float(np.mean([e.length for e in rollouts])) if rollouts else 0.0,
+    }

@@ -1,0 +1,221 @@
+"""How good a grounded LM's imagination is (``kalm imagine-eval``).
+
+Per level, on tasks drawn as for the imagined datasets (:func:`kalm_gen.imagine.level_tasks`),
+greedy rollouts are imagined and measured:
+
+| metric | meaning |
+|---|---|
+| ``goal_match_rate`` | the level's predicate (``is_success``) holds in the rollout's final generated state |
+| ``replay_match_rate`` | the generated actions, replayed open-loop in the real env from the same initial state and goal, reach the goal |
+| ``state_error_mean`` / ``state_error_max`` | per-step error between generated and replayed states: mean distance (m) of the five ball centres, averaged / maximised over all replayed steps |
+| ``out_of_workbench_rate`` | rollouts cut at an invalid state (see :mod:`kalm_gen.imagine`) |
+
+Explanation (rollout -> text) is measured on REAL episodes the model did not train on (by
+convention the last episodes of a dataset, see :func:`held_out_episodes`): the instruction is
+greedily decoded after ``"\\nInstruction:"`` with the KV cache, parsed with
+:func:`kalm_envs.language.parse_instruction` and compared with the episode's true goal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from kalm_envs.goals import Goal
+from kalm_envs.language import parse_instruction
+from kalm_envs.registration import ENV_IDS, MAX_EPISODE_STEPS
+from kalm_envs.rollout import Episode
+from kalm_gen.imagine import (
+    DEFAULT_BATCH_SIZE,
+    ImaginationTasks,
+    ImaginedEpisode,
+    imagine_tasks,
+    level_tasks,
+)
+from kalm_gen.sequences import EXPLAIN_ANSWER, EXPLAIN_PROMPT, TEXT, SequenceBuilder
+
+QUALITY_SEED = 3_000_000  # tasks far from the datasets' seeds (0.., 1000000.., refs 11000000..)
+DEFAULT_MAX_NEW_TOKENS = 128
+ROLLOUT_KEYS = (
+    "episodes", "goal_match_rate", "replay_match_rate", "state_error_mean", "state_error_max",
+    "out_of_workbench_rate", "mean_length",
+)
+EXPLANATION_KEYS = ("episodes", "accuracy", "parse_rate", "examples")
+
+
+def replay_rollouts(level: str, tasks: ImaginationTasks, rollouts: Sequence[Episode]) -> dict[str, Any]:
+    """Replay each rollout's actions in the real env (same goal, wording and initial state).
+
+    Returns ``replay_match_rate``, ``state_error_mean``, ``state_error_max`` (m; None when no
+    rollout has a step) and the per-rollout ``replay_success`` list.
+    """
+    import gymnasium as gym
+
+    import kalm_envs  # noqa: F401  (registers the env ids)
+
+    env = gym.make(ENV_IDS[level])
+    errors: list[float] = []
+    successes: list[bool] = []
+    for i, rollout in enumerate(rollouts):
+        env.reset(options={
+            "goal": tasks.goals[i], "instruction": tasks.instructions[i],
+            "initial_state": tasks.initial_states[i].astype(np.float64),
+        })
+        success = False
+        for t, action in enumerate(rollout.actions, start=1):
+            observation, _, terminated, truncated, info = env.step(int(action))
+            gap = (observation["observation"].astype(np.float64) - rollout.observations[t]).reshape(-1, 2)
+            errors.append(float(np.hypot(gap[:, 0], gap[:, 1]).mean()))
+            success = bool(info["is_success"])
+            if terminated or truncated:
+                break
+        successes.append(success)
+    env.close()
+    return {
+        "replay_match_rate": float(np.mean(successes)) if successes else 0.0,
+        "state_error_mean": float(np.mean(errors)) if errors else None,
+        "state_error_max": float(np.max(errors)) if errors else None,
+        "replay_success": successes,
+    }
+
+
+def rollout_quality(
+    model: Any, level: str, episodes: int = 50, seed: int = QUALITY_SEED,
+    batch_size: int = DEFAULT_BATCH_SIZE, max_steps: int = MAX_EPISODE_STEPS,
+) -> dict[str, Any]:
+    """The rollout metrics of the module docstring on ``episodes`` tasks of ``level``."""
+    tasks = level_tasks(level, episodes, seed)
+    rollouts: list[ImaginedEpisode] = imagine_tasks(model, tasks, max_steps=max_steps, batch_size=batch_size)
+    replay = replay_rollouts(level, tasks, rollouts)
+    return {
+        "level": level,
+        "seed": seed,
+        "episodes": len(rollouts),
+        "goal_match_rate": float(np.mean([e.success for e in rollouts])),
+        "replay_match_rate": replay["replay_match_rate"],
+        "state_error_mean": replay["state_error_mean"],
+        "state_error_max": replay["state_error_max"],
+        "out_of_workbench_rate": float(np.mean([e.invalid for e in rollouts])),
+        "mean_length": float(np.mean([e.length for e in rollouts])),
+    }
+
+
+def _explain_prefix(model: Any, episode: Episode) -> dict[str, np.ndarray]:
+    builder = SequenceBuilder("explain")
+    builder.text(model.tokenize(EXPLAIN_PROMPT))
+    builder.trajectory(episode.observations, episode.actions, targets=False)
+    builder.text(model.tokenize(EXPLAIN_ANSWER))
+    sequence = builder.build()
+    return {"token_ids": sequence.token_ids, "kinds": sequence.kinds.astype(np.int64),
+            "states": sequence.states, "actions": sequence.actions}
+
+
+def explain_episodes(
+    model: Any, episodes: Sequence[Episode], batch_size: int = DEFAULT_BATCH_SIZE,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+) -> list[str]:
+    """Greedy rollout -> instruction text of each episode (KV cache; left-padded batches; a row
+    that produced ``eos`` keeps decoding with the batch but its further tokens are discarded)."""
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    texts: list[str] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(episodes), batch_size):
+                prefixes = [_explain_prefix(model, e) for e in episodes[start:start + batch_size]]
+                width = max(len(p["token_ids"]) for p in prefixes)
+                rows = len(prefixes)
+                arrays = {
+                    "token_ids": np.zeros((rows, width), np.int64), "kinds": np.full((rows, width), TEXT, np.int64),
+                    "states": np.zeros((rows, width, 10), np.float32), "actions": np.zeros((rows, width), np.int64),
+                }
+                mask = np.zeros((rows, width), np.int64)
+                for row, prefix in enumerate(prefixes):
+                    size = len(prefix["token_ids"])
+                    for key in arrays:
+                        arrays[key][row, width - size:] = prefix[key]
+                    mask[row, width - size:] = 1
+                tensors = {k: torch.as_tensor(v, device=device) for k, v in arrays.items()}
+                attention = torch.as_tensor(mask, device=device)
+                embeddings = model.embed(tensors["token_ids"], tensors["kinds"], tensors["states"], tensors["actions"])
+                out = model.decode(embeddings, attention, past_key_values=DynamicCache(),
+                                   position_ids=(attention.cumsum(-1) - 1).clamp(min=0))
+                generated = [[] for _ in range(rows)]
+                finished = np.zeros(rows, dtype=bool)
+                for _ in range(max_new_tokens):
+                    tokens = model.text_logits(out.last_hidden_state[:, -1]).argmax(-1)
+                    for row, token in enumerate(tokens.tolist()):
+                        if finished[row]:
+                            continue
+                        if token == model.eos_id:
+                            finished[row] = True
+                        else:
+                            generated[row].append(token)
+                    if finished.all():
+                        break
+                    attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
+                    step_ids = tokens[:, None]
+                    zeros = torch.zeros_like(step_ids)
+                    embeddings = model.embed(step_ids, zeros + TEXT, torch.zeros(rows, 1, 10, device=device), zeros)
+                    out = model.decode(embeddings, attention, past_key_values=out.past_key_values,
+                                       position_ids=(attention.cumsum(-1) - 1)[:, -1:])
+                texts += [model.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in generated]
+    finally:
+        model.train(was_training)
+    return texts
+
+
+def score_explanations(texts: Sequence[str], episodes: Sequence[Episode], examples: int = 3) -> dict[str, Any]:
+    """Accuracy (parsed goal == true goal) and parse rate of explanation ``texts``."""
+    if len(texts) != len(episodes):
+        raise ValueError(f"{len(texts)} texts for {len(episodes)} episodes")
+    parsed = [parse_instruction(text) for text in texts]
+    truth = [Goal.from_array(e.goal) for e in episodes]
+    correct = [p is not None and p == g for p, g in zip(parsed, truth, strict=True)]
+    n = max(len(texts), 1)
+    return {
+        "episodes": len(texts),
+        "accuracy": sum(correct) / n,
+        "parse_rate": sum(p is not None for p in parsed) / n,
+        "examples": [{"instruction": e.instruction, "generated": t, "correct": c}
+                     for e, t, c in list(zip(episodes, texts, correct, strict=True))[:examples]],
+    }
+
+
+def explanation_quality(
+    model: Any, episodes: Sequence[Episode], batch_size: int = DEFAULT_BATCH_SIZE,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+) -> dict[str, Any]:
+    """Explanation accuracy of the model on real ``episodes``; see :func:`score_explanations`."""
+    if not episodes:
+        raise ValueError("no episodes to explain")
+    return score_explanations(explain_episodes(model, episodes, batch_size, max_new_tokens), episodes)
+
+
+def held_out_episodes(dataset_id: str, count: int) -> list[Episode]:
+    """The last ``count`` episodes of a dataset: by convention held out of the LM's training."""
+    from kalm_envs.minari_io import read_packed
+    from kalm_envs.rollout import unpack_episodes
+
+    if count < 1:
+        raise ValueError(f"count {count} must be at least 1")
+    return unpack_episodes(read_packed(dataset_id))[-count:]
+
+
+def imagination_quality(
+    model: Any, levels: Sequence[str] = ("rephrase", "easy", "hard"), episodes: int = 50,
+    seed: int = QUALITY_SEED, batch_size: int = DEFAULT_BATCH_SIZE,
+    real_episodes: Sequence[Episode] | None = None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+) -> dict[str, Any]:
+    """Rollout metrics per level and, given real episodes, explanation metrics."""
+    report: dict[str, Any] = {"levels": {level: rollout_quality(model, level, episodes, seed, batch_size)
+                                         for level in levels}}
+    if real_episodes:
+        report["explanation"] = explanation_quality(model, real_episodes, batch_size, max_new_tokens)
+    return report

@@ -1,0 +1,350 @@
+"""Imagined rollouts (kalm_gen.imagine), imagined datasets, imagination quality and their commands.
+
+Everything runs on the tiny random test LM. Models with "rigged" heads (the state head's last
+layer set to a constant change) make the generated states predictable, so stopping at success,
+at the step limit and at invalid states can be checked exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+
+import minari
+import numpy as np
+import pytest
+import torch
+
+from kalm.commands import imagine as imagine_command
+from kalm.commands import imagine_eval as imagine_eval_command
+from kalm_envs.collector import build_dataset
+from kalm_envs.dataset_specs import get_spec, list_specs
+from kalm_envs.goals import Goal
+from kalm_envs.language import instruction_variants
+from kalm_envs.minari_io import read_episodes, read_metadata
+from kalm_envs.oracle import oracle_episodes
+from kalm_envs.predicates import is_success, transition_outcome
+from kalm_envs.verify import verify_dataset
+from kalm_gen.grounded_lm import GroundedLM, GroundedLMConfig, to_tensors
+from kalm_gen.imagine import (
+    ImaginedEpisode,
+    imagine_rollouts,
+    imagine_rollouts_no_cache,
+    imagine_tasks,
+    level_tasks,
+    state_valid,
+)
+from kalm_gen.imagine_dataset import imagined_id, model_checksum, write_imagined_dataset
+from kalm_gen.quality import (
+    EXPLANATION_KEYS,
+    ROLLOUT_KEYS,
+    explain_episodes,
+    replay_rollouts,
+    rollout_quality,
+    score_explanations,
+)
+from kalm_gen.sequences import collate, explain_sequence
+from kalm_gen.tiny import make_tiny_lm
+from tests.helpers import scene, temporary_minari_root
+
+RED, BLUE, GREEN, CYAN = 0, 1, 2, 4
+BEHIND, RIGHT = 0, 3
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny matrices: one thread avoids spin-waiting against other work on the machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return make_tiny_lm(tmp_path_factory.mktemp("tiny") / "lm")
+
+
+@pytest.fixture(scope="module")
+def model(tiny_dir):
+    return GroundedLM.from_config(GroundedLMConfig(base_model=str(tiny_dir), finetune="full", head_hidden=32))
+
+
+def rigged(model: GroundedLM, change: list[float]) -> GroundedLM:
+    """A copy whose state head always predicts ``change`` (units of STATE_SCALE, i.e. 0.1 m)."""
+    copy_ = copy.deepcopy(model)
+    last = copy_.state_head[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor(change, dtype=torch.float32))
+    return copy_
+
+
+def drift(dx: float) -> list[float]:
+    """Red ball moves ``dx`` * 0.1 m along +x per step, nothing else moves."""
+    return [dx] + [0.0] * 9
+
+
+@pytest.fixture(scope="module")
+def easy_tasks():
+    return level_tasks("easy", 6, 0)
+
+
+# --- generation -------------------------------------------------------------------------------
+
+
+def test_level_tasks_follow_the_env(easy_tasks):
+    import gymnasium as gym
+
+    from kalm_envs import ENV_IDS
+
+    env = gym.make(ENV_IDS["easy"])
+    observation, info = env.reset(seed=3)
+    assert easy_tasks.instructions[3] == observation["instruction"]
+    assert np.array_equal(easy_tasks.goals[3], info["goal"])
+    assert np.array_equal(easy_tasks.initial_states[3], observation["observation"])
+    assert easy_tasks.seeds.tolist() == list(range(6))
+
+
+def test_cache_and_no_cache_give_identical_greedy_rollouts(model, easy_tasks):
+    args = (model, easy_tasks.goals, easy_tasks.instructions, easy_tasks.initial_states, "easy")
+    cached = imagine_rollouts(*args, batch_size=4)  # two batches; rows leave the batch as they end
+    plain = imagine_rollouts_no_cache(*args, batch_size=4)
+    single = imagine_rollouts(*args, batch_size=1)  # no padding at all
+    assert {e.length for e in cached} != {50}, "the random model should end some rollouts early"
+    for a, b, c in zip(cached, plain, single, strict=True):
+        assert isinstance(a, ImaginedEpisode) and a.length <= 50
+        assert np.array_equal(a.actions, b.actions) and np.array_equal(a.actions, c.actions)
+        assert a.invalid_step == b.invalid_step == c.invalid_step
+        # same sums in a different order: float32 rounding only
+        np.testing.assert_allclose(a.observations, b.observations, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(a.observations, c.observations, rtol=0, atol=1e-6)
+    # forced to the step limit and sampled: still the same, and independent of the batch size
+    forced = dict(max_steps=12, stop_early=False, temperature=1.0, seed=7)
+    a_runs = imagine_rollouts(*args, batch_size=4, **forced)
+    b_runs = imagine_rollouts_no_cache(*args, batch_size=6, **forced)
+    assert all(e.length == 12 for e in a_runs)
+    assert [e.actions.tolist() for e in a_runs] == [e.actions.tolist() for e in b_runs]
+    other_seed = imagine_rollouts(*args, batch_size=4, **{**forced, "seed": 8})
+    assert [e.actions.tolist() for e in a_runs] != [e.actions.tolist() for e in other_seed]
+
+
+def test_rollouts_stop_at_success_step_limit_and_invalid_states(model):
+    """Red drifts 0.02 m to the right per step: 'red right of blue' holds from step 11 on; a goal
+    about unmoved balls never holds, so red leaves the workbench (x > 0.6) at step 41, or, started
+    further left, the rollout runs into the 50-step limit."""
+    start = scene(red=(-0.21, 0.2), blue=(0.0, 0.2))
+    far_left = scene(red=(-0.55, 0.2), blue=(0.0, 0.2))
+    reach = Goal.relation(RED, BLUE, RIGHT)
+    never = Goal.relation(GREEN, CYAN, BEHIND)
+    goals = [reach, never, never]
+    instructions = ["Put the red ball right of the blue ball.", "Put the green ball behind the cyan ball.",
+                    "Put the green ball behind the cyan ball."]
+    states = np.stack([start, start, far_left]).astype(np.float32)
+    assert not is_success(states, np.stack([g.to_array() for g in goals]), states).any()
+    lm = rigged(model, drift(0.2))
+    for generate in (imagine_rollouts, imagine_rollouts_no_cache):
+        success, invalid, limit = generate(lm, goals, instructions, states, "rephrase", batch_size=3, seeds=[5, 6, 7])
+        assert success.length == 11 and success.success and not success.invalid
+        assert success.terminations.tolist() == [False] * 10 + [True] and not success.truncations.any()
+        assert success.rewards[-1] == 100.0 and success.seed == 5
+        assert invalid.length == 40 and invalid.invalid_step == 41 and not invalid.success
+        assert invalid.truncations.tolist() == [False] * 39 + [True] and not invalid.terminations.any()
+        assert invalid.invalid_state[0] > 0.6 and state_valid(invalid.observations).all()
+        assert limit.length == 50 and not limit.invalid and limit.truncations[-1] and not limit.terminations.any()
+        np.testing.assert_allclose(success.observations[:, 0], -0.21 + 0.02 * np.arange(12), atol=1e-5)
+        for episode in (success, invalid, limit):
+            n = episode.length
+            goal = np.repeat(episode.goal[None], n + 1, axis=0)
+            initial = np.repeat(episode.observations[:1], n + 1, axis=0)
+            rewards, done = transition_outcome(episode.observations[:-1], episode.observations[1:], goal[1:], initial[1:])
+            assert np.array_equal(rewards, episode.rewards)
+            assert np.array_equal(done, episode.terminations)
+            assert np.array_equal(is_success(episode.observations, goal, initial), episode.successes)
+
+
+def test_non_finite_states_are_flagged(model, easy_tasks):
+    episodes = imagine_rollouts(rigged(model, [float("nan")] * 10), easy_tasks.goals, easy_tasks.instructions,
+                                easy_tasks.initial_states, "easy")
+    assert all(e.invalid_step == 1 and e.length == 0 and np.isnan(e.invalid_state).all() for e in episodes)
+    assert state_valid(np.array([[0.0] * 10, [np.inf] + [0.0] * 9, [0.0, 0.71] + [0.0] * 8,
+                                 [-0.6, -0.3, 0.6, 0.7] + [0.0] * 6])).tolist() == [True, False, False, True]
+
+
+def test_bad_generation_input(model, easy_tasks):
+    args = (model, easy_tasks.goals, easy_tasks.instructions, easy_tasks.initial_states)
+    with pytest.raises(ValueError, match="hrad"):
+        imagine_rollouts(*args, "hrad")
+    with pytest.raises(ValueError, match="hrad"):
+        level_tasks("hrad", 3, 0)
+    with pytest.raises(ValueError, match="counts differ"):
+        imagine_rollouts(model, easy_tasks.goals, easy_tasks.instructions[:2], easy_tasks.initial_states, "easy")
+    with pytest.raises(ValueError, match="max_steps"):
+        imagine_rollouts(*args, "easy", max_steps=51)
+
+
+# --- datasets ---------------------------------------------------------------------------------
+
+
+def test_imagined_specs_and_build_refusal(tmp_path, monkeypatch, capsys):
+    from kalm.cli import main
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    specs = list_specs()
+    for level in ("rephrase", "easy", "hard"):
+        spec = specs[imagined_id(level)]
+        assert spec.source == "imagined" and spec.level == level
+        assert f"kalm imagine --model MODEL_DIR --level {level}" in spec.card()
+    assert specs["kalm/clevr-robot/oracle-easy-v0"].source == "oracle"
+    with pytest.raises(ValueError, match="kalm imagine"):
+        build_dataset(get_spec(imagined_id("easy")))
+    assert main(["datasets", "build", imagined_id("hard")]) == 2
+    assert "kalm imagine --model MODEL_DIR --level hard" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def written(model, tmp_path_factory):
+    """A saved drifting model, and two imagined easy datasets of it: all kept, invalid dropped."""
+    folder = tmp_path_factory.mktemp("model") / "grounded"
+    rigged(model, drift(0.1)).save(folder)
+    with temporary_minari_root(tmp_path_factory.mktemp("minari")) as root:
+        settings = dict(episodes=10, seed=0, batch_size=4, ref_episodes=2)
+        kept = write_imagined_dataset(folder, "easy", **settings)
+        dropped = write_imagined_dataset(folder, "easy", dataset_id="test/imagined-dropped-v0",
+                                         drop_invalid=True, **settings)
+        yield {"folder": folder, "root": root, "kept": kept, "dropped": dropped}
+
+
+def test_written_dataset_verifies_loads_and_has_provenance(written):
+    dataset_id = imagined_id("easy")
+    assert verify_dataset(dataset_id).ok
+    dataset = minari.load_dataset(dataset_id)
+    assert dataset.total_episodes == 10
+    assert dataset.recover_environment().spec.id == "KALM/CLEVRRobot-Easy-v0"
+    metadata = read_metadata(dataset_id)
+    kalm = metadata["kalm"]
+    assert kalm["source"] == "imagined" and kalm["level"] == "easy" and kalm["seed"] == 0
+    assert kalm["generator"]["model_sha256"] == model_checksum(written["folder"])
+    assert kalm["generator"]["base_model"] == kalm["generator"]["config"]["base_model"]
+    generation = kalm["generation"]
+    assert generation["decoding"] == "greedy" and generation["max_steps"] == 50 and generation["batch_size"] == 4
+    assert "invalid_rule" in generation and generation["drop_invalid"] is False
+    counts = kalm["counts"]
+    assert counts["generated"] == 10 and 0 < counts["invalid"] < 10 and counts["dropped"] == 0
+    assert metadata["ref_min_score"] is not None and metadata["ref_max_score"] is not None
+    # the stored episodes are what the generator makes of the env's tasks
+    lm = GroundedLM.load(written["folder"])
+    again = imagine_tasks(lm, level_tasks("easy", 10, 0), batch_size=4)
+    stored = read_episodes(dataset_id)
+    assert [e.actions.tolist() for e in stored] == [e.actions.tolist() for e in again]
+    assert [e.seed for e in stored] == list(range(10))
+    assert sum(e.invalid for e in again) == counts["invalid"]
+    assert counts["cut_episodes"] == [i for i, e in enumerate(e for e in again if e.length) if e.invalid]
+
+
+def test_drop_invalid_drops_the_cut_rollouts(written):
+    kept = read_metadata(imagined_id("easy"))["kalm"]["counts"]
+    report = verify_dataset("test/imagined-dropped-v0")
+    counts = read_metadata("test/imagined-dropped-v0")["kalm"]["counts"]
+    assert report.ok and report.episodes == 10 - kept["invalid"]
+    assert counts["dropped"] == counts["invalid"] == kept["invalid"]
+    assert all(not e.truncations.any() or e.length == 50 for e in read_episodes("test/imagined-dropped-v0"))
+
+
+def test_writer_bad_input(written, model, tmp_path):
+    folder = written["folder"]
+    with pytest.raises(ValueError, match="hrad"):
+        write_imagined_dataset(folder, "hrad", episodes=2)
+    with pytest.raises(ValueError, match="imagined levels"):
+        write_imagined_dataset(folder, "train", episodes=2)
+    with pytest.raises(FileNotFoundError, match="no grounded LM"):
+        write_imagined_dataset(tmp_path / "missing", "easy", episodes=2, dataset_id="test/missing-v0")
+    with pytest.raises(FileExistsError):
+        write_imagined_dataset(folder, "easy", episodes=2)
+    nan_dir = tmp_path / "nan"
+    rigged(model, [float("nan")] * 10).save(nan_dir)
+    with pytest.raises(ValueError, match="invalid"):
+        write_imagined_dataset(nan_dir, "easy", episodes=2, dataset_id="test/nan-v0", ref_episodes=1)
+
+
+# --- quality ----------------------------------------------------------------------------------
+
+
+def test_rollout_quality_metrics(model):
+    report = rollout_quality(model, "hard", episodes=3, batch_size=3)
+    assert set(ROLLOUT_KEYS) <= set(report)
+    for key in ("goal_match_rate", "replay_match_rate", "out_of_workbench_rate"):
+        assert 0.0 <= report[key] <= 1.0
+    assert report["state_error_mean"] is None or 0 <= report["state_error_mean"] <= report["state_error_max"]
+    still = rollout_quality(rigged(model, [0.0] * 10), "easy", episodes=2)
+    assert still["goal_match_rate"] == 0.0 and still["out_of_workbench_rate"] == 0.0 and still["mean_length"] == 50
+
+
+def test_replaying_simulator_rollouts_is_consistent():
+    """Oracle rollouts are exact simulations: replaying them reproduces their states and outcome."""
+    tasks = level_tasks("easy", 3, 40)
+    episodes = oracle_episodes("easy", list(range(40, 43)), 0.0)
+    replay = replay_rollouts("easy", tasks, episodes)
+    assert replay["state_error_max"] < 1e-4
+    assert replay["replay_success"] == [e.success for e in episodes]
+
+
+def test_explanation_metric_parses_decoded_text(model):
+    """A copy of the tiny LM overfitted on two real episodes' explanations decodes them back."""
+    episodes = oracle_episodes("train", [0, 1], 0.0)
+    lm = copy.deepcopy(model)
+    batch = to_tensors(collate([explain_sequence(lm.tokenize, lm.eos_id, e.instruction, e.observations, e.actions)
+                                for e in episodes]))
+    optimizer = torch.optim.Adam(lm.parameters(), lr=3e-3)
+    for _ in range(400):
+        loss = lm(batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if loss.item() < 0.01:
+            break
+    texts = explain_episodes(lm, episodes, batch_size=2)
+    assert texts == [e.instruction for e in episodes]
+    report = score_explanations(texts, episodes)
+    assert set(EXPLANATION_KEYS) <= set(report) and report["accuracy"] == 1.0 and report["parse_rate"] == 1.0
+    # another wording of the same goal is right; a wrong goal or garbage is not
+    goal = Goal.from_array(episodes[0].goal)
+    other = next(t for t in instruction_variants(goal, "rephrase") if t != episodes[0].instruction)
+    wrong = instruction_variants(Goal.relation(*[(c[1], c[0], c[2]) for c in goal.clauses][0]), "train")[0]
+    scored = score_explanations([other, wrong], episodes[:1] * 2)
+    assert scored["parse_rate"] == 1.0 and scored["accuracy"] == 0.5
+    assert score_explanations(["::::"], episodes[:1])["parse_rate"] == 0.0
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def _parse(module, argv):
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_commands(written, capsys):
+    folder = str(written["folder"])
+    report, text, code = imagine_command.run(_parse(imagine_command, [
+        "--model", folder, "--level", "hard", "--episodes", "3", "--seed", "5", "--batch-size", "3",
+        "--ref-episodes", "1", "--drop-invalid",
+    ]))
+    assert code == 0 and report["verified"] and report["id"] == imagined_id("hard")
+    assert report["episodes"] == report["generated"] - report["dropped"] and "verify: passed" in text
+    json.dumps(report)
+    report, text, code = imagine_eval_command.run(_parse(imagine_eval_command, [
+        "--model", folder, "--levels", "easy", "--episodes", "2", "--real-dataset", imagined_id("easy"),
+        "--real-episodes", "2", "--threads", "1",
+    ]))
+    assert code == 0 and "goal match" in text and "explanation on 2 held-out episodes" in text
+    assert set(ROLLOUT_KEYS) <= set(report["levels"]["easy"])
+    assert 0.0 <= report["explanation"]["accuracy"] <= 1.0
+    json.dumps(report)
+    with pytest.raises(SystemExit):
+        _parse(imagine_command, ["--model", folder, "--level", "hrad"])
+    assert "invalid choice: 'hrad'" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="no grounded LM"):
+        imagine_eval_command.run(_parse(imagine_eval_command, ["--model", folder + "-missing"]))
