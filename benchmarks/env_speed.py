@@ -248,8 +248,8 @@ def main() -> None:
     ))
     print(f"vector-env instructions equal to the envs' own: {fresh_instructions}")
     if capacity < CAPACITY_WARNING:
-        print(f"WARNING: 2 processes ran only {capacity:.2f}x as fast as 1: the CPUs are shared with "
-              "other work (or fewer than 2), so the speed-up figures say little about the env")
+        print(f"WARNING: 2 processes ran only {capacity:.2f}x as fast as 1: the CPUs are busy "
+              "with other work (or fewer than 2), so the speed-ups say little about the env")
     if args.json:
         print(json.dumps({
             "cpu_count": os.cpu_count(),

@@ -423,6 +423,18 @@ def test_smollm2_lora_one_step(root: Path, tmp_path: Path) -> None:
     base = {k: v for k, v in trained.lm.state_dict().items() if "lora_" not in k}
     assert all(torch.equal(v, fresh.lm.state_dict()[k]) for k, v in base.items())  # base frozen
 
+    # one generation with the trained SmolLM2: two imagined steps of a rephrase-level goal
+    from kalm_gen.imagine import imagine_rollouts, level_tasks
+
+    tasks = level_tasks("rephrase", 1, seed=3)
+    trained.eval()
+    (episode,) = imagine_rollouts(
+        trained, tasks.goals, tasks.instructions, tasks.initial_states, "rephrase", max_steps=2
+    )
+    assert episode.length <= 2 and (episode.length >= 1 or episode.invalid)
+    assert episode.observations.shape == (episode.length + 1, 10)
+    assert np.isfinite(episode.observations).all() or episode.invalid
+
 
 def test_bad_input(root: Path, tiny: Path, tmp_path: Path) -> None:
     import argparse
