@@ -406,6 +406,7 @@ def imagine_rollouts(
     seeds: Sequence[int] | np.ndarray | None = None,
     stop_early: bool = True,
     progress: bool = False,
+    use_cache: bool = True,
 ) -> list[ImaginedEpisode]:
     """Imagine one rollout per (goal, instruction, initial state) with the KV cache.
 
@@ -422,37 +423,22 @@ def imagine_rollouts(
         stop_early: False runs every rollout to ``max_steps`` (benchmarks): success and invalid
             states are still labelled and flagged (``invalid_step`` = the first invalid state),
             but they stop nothing and cut nothing.
+        use_cache: False recomputes the whole sequence at every step (the reference).
 
     Returns:
         :class:`ImaginedEpisode` per input, in order (see the module docstring for stopping,
         invalid states and labels).
     """
     return _generate(
-        _CachedDecoder, model, goals, instructions, initial_states, level, max_steps, batch_size,
-        temperature, seed, seeds, stop_early, progress,
+        _CachedDecoder if use_cache else _FullDecoder, model, goals, instructions, initial_states,
+        level, max_steps, batch_size, temperature, seed, seeds, stop_early, progress,
     )
 
 
-def imagine_rollouts_no_cache(
-    model: Any,
-    goals: Sequence[Any] | np.ndarray,
-    instructions: Sequence[str],
-    initial_states: np.ndarray,
-    level: str,
-    max_steps: int = MAX_EPISODE_STEPS,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    temperature: float = 0.0,
-    seed: int = 0,
-    seeds: Sequence[int] | np.ndarray | None = None,
-    stop_early: bool = True,
-    progress: bool = False,
-) -> list[ImaginedEpisode]:
+def imagine_rollouts_no_cache(*args: Any, **kwargs: Any) -> list[ImaginedEpisode]:
     """:func:`imagine_rollouts` without the KV cache: the whole sequence is recomputed at every
     step, as KALM's released generator does. Slow; the reference for tests and benchmarks."""
-    return _generate(
-        _FullDecoder, model, goals, instructions, initial_states, level, max_steps, batch_size,
-        temperature, seed, seeds, stop_early, progress,
-    )
+    return imagine_rollouts(*args, **kwargs, use_cache=False)
 
 
 def imagine_tasks(model: Any, tasks: ImaginationTasks, **kwargs: Any) -> list[ImaginedEpisode]:
