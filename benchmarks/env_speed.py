@@ -10,14 +10,14 @@ medians are shown (ratios are medians of the per-repeat ratios of adjacent runs)
    ball, 40 ``mj_step`` substeps) and placing the balls wherever the env's resets put them, so
    both simulate the very same trajectory (checked: the final ball centres are equal).
    Target: env time / raw time - 1 <= 15 %.
-2. ``gymnasium.vector.AsyncVectorEnv`` with 2 workers against 1 worker, the same total number
+2. :func:`kalm_envs.vector.make_vector_env` (an ``AsyncVectorEnv`` with pipes instead of shared
+   memory and each worker pinned to its own CPU) with 2 workers against 1, the same total number
    of env steps, random actions from a seeded rng, the default autoreset mode (NEXT_STEP: the step
-   after an episode's end is a reset). Target: speed-up >= 1.7. ``SyncVectorEnv`` with 1 env is
-   shown for information. The vector envs run with ``shared_memory=False``: with gymnasium's
-   default shared memory, the ``Text`` instruction is read from the shared buffer only once, when
-   the vector env is built, so every batch carries the same placeholder string instead of the
-   envs' instructions. That mode is timed for information and its instructions are checked, and
-   so are 2 workers each pinned to its own CPU (``os.sched_setaffinity`` in the worker).
+   after an episode's end is a reset). Target: speed-up >= 1.7. For information: plain unpinned
+   ``AsyncVectorEnv`` (``shared_memory=False``), ``SyncVectorEnv`` with 1 env, and gymnasium's
+   default shared memory, which reads the ``Text`` instruction back only once, when the vector env
+   is built, so every batch carries a stale placeholder (its instructions are checked and
+   flagged).
 3. For information, the machine's parallel capacity, the ceiling of any speed-up above: the same
    bare-physics pushes in 2 processes at once against 1 process doing both shares in turn.
 
@@ -32,7 +32,6 @@ import multiprocessing
 import os
 import statistics
 import time
-from functools import partial
 from multiprocessing.pool import Pool
 
 import gymnasium as gym
@@ -41,6 +40,7 @@ from gymnasium.vector import AsyncVectorEnv, SyncVectorEnv, VectorEnv
 
 import kalm_envs  # noqa: F401  (registers the env ids)
 from kalm_envs.physics import N_ACTIONS, ClevrPhysics
+from kalm_envs.vector import make_vector_env
 
 ENV_ID = "KALM/CLEVRRobot-v0"
 OVERHEAD_TARGET = 0.15
@@ -52,12 +52,6 @@ CAPACITY_WARNING = 1.8  # parallel capacity below which the speed-up figures are
 def make_env() -> gym.Env:
     """The registered env, as ``gym.make`` builds it."""
     return gym.make(ENV_ID)
-
-
-def make_pinned_env(cpu: int) -> gym.Env:
-    """The registered env, the (worker) process that builds it pinned to ``cpu``."""
-    os.sched_setaffinity(0, {cpu})
-    return make_env()
 
 
 def record_resets(
@@ -159,17 +153,14 @@ def main() -> None:
         raise RuntimeError("bare physics did not reproduce the env's trajectory")
 
     # 2. vector envs: the same total env steps for every layout.
-    cpus = os.sched_getaffinity(0)
     vectors: dict[str, VectorEnv] = {
         "async1": AsyncVectorEnv([make_env], shared_memory=False),
         "async2": AsyncVectorEnv([make_env] * 2, shared_memory=False),
         "sync1": SyncVectorEnv([make_env]),
         "async2_shm": AsyncVectorEnv([make_env] * 2),
-        "async2_pinned": AsyncVectorEnv(
-            [partial(make_pinned_env, cpu) for cpu in sorted(cpus)[:2]], shared_memory=False
-        ),
+        "kalm1": make_vector_env(ENV_ID, 1),
+        "kalm2": make_vector_env(ENV_ID, 2),
     }
-    os.sched_setaffinity(0, cpus)  # AsyncVectorEnv built its first env here too, to read spaces
     vector_actions = {
         name: rng.integers(0, N_ACTIONS, (args.steps // vec.num_envs, vec.num_envs))
         for name, vec in vectors.items()
@@ -214,22 +205,22 @@ def main() -> None:
         )
 
     overhead = paired("env", "raw") - 1
-    speedup = paired("async1", "async2")
+    speedup = paired("kalm1", "kalm2")
     capacity = paired("procs1", "procs2")
     rows = [
         ("env steps/s, gym.make (vs raw physics)", rate["env"], rate["raw"],
          f"overhead {overhead:+.1%}", f"<= {OVERHEAD_TARGET:+.0%}",
          "PASS" if overhead <= OVERHEAD_TARGET else "FAIL"),
-        ("AsyncVectorEnv 2 workers (vs 1 worker)", rate["async2"], rate["async1"],
+        ("make_vector_env 2 workers (vs 1 worker)", rate["kalm2"], rate["kalm1"],
          f"speed-up {speedup:.2f}x", f">= {SPEEDUP_TARGET:.2f}x",
          "PASS" if speedup >= SPEEDUP_TARGET else "FAIL"),
+        ("AsyncVectorEnv 2 unpinned (vs 1 worker)", rate["async2"], rate["async1"],
+         f"speed-up {paired('async1', 'async2'):.2f}x", "-", "info"),
         ("SyncVectorEnv 1 env (vs AsyncVectorEnv 1)", rate["sync1"], rate["async1"],
          f"{1 / paired('sync1', 'async1'):.2f}x", "-", "info"),
         ("AsyncVectorEnv 2, shared memory (vs without)", rate["async2_shm"], rate["async2"],
          f"{1 / paired('async2_shm', 'async2'):.2f}x", "-",
          "info" + ("" if fresh_instructions["async2_shm"] else "; STALE instructions")),
-        ("AsyncVectorEnv 2, pinned workers (vs 1 worker)", rate["async2_pinned"], rate["async1"],
-         f"speed-up {paired('async1', 'async2_pinned'):.2f}x", "-", "info"),
         ("bare physics, 2 processes (vs 1 process)", rate["procs2"], rate["procs1"],
          f"capacity {capacity:.2f}x", "-", "info"),
     ]

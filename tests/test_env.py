@@ -205,3 +205,26 @@ def test_reset_never_jams_when_early_balls_block_the_box():
         balls = obs["observation"].reshape(5, 2)
         gaps = np.linalg.norm(balls[:, None] - balls[None], axis=2) + np.eye(5)
         assert gaps.min() >= 0.36 - 1e-6
+
+
+def test_vector_env_carries_each_episodes_instruction():
+    from kalm_envs.vector import make_vector_env
+
+    vec = make_vector_env("hard", 2)
+    try:
+        obs, info = vec.reset(seed=[11, 12])
+        for _ in range(3):
+            obs, *_ , info = vec.step(np.array([0, 9]))
+        singles = [gym.make(ENV_IDS["hard"]) for _ in range(2)]
+        expected = []
+        for single, seed, action in zip(singles, (11, 12), (0, 9), strict=True):
+            single.reset(seed=seed)
+            for _ in range(3):
+                step = single.step(action)
+            expected.append(step[0])
+        assert list(obs["instruction"]) == [e["instruction"] for e in expected]
+        np.testing.assert_array_equal(obs["observation"], np.stack([e["observation"] for e in expected]))
+    finally:
+        vec.close()
+    with pytest.raises(ValueError, match="medium"):
+        make_vector_env("medium", 2)
