@@ -163,9 +163,17 @@ def test_killed_build_leaves_nothing_and_resumes(minari_root, tmp_path, monkeypa
     assert 2 <= len(shards) < 4, "the build should have been killed midway"
     assert not dataset_dir(HARD).exists()
     assert HARD not in minari.list_local_datasets()
-    kept = {p.name: p.stat().st_mtime_ns for p in shards}
+    kept_seeds = {int(seed) for path in shards for seed in np.load(path)["seeds"]}
 
+    simulated: list[int] = []
+
+    def counting(level, seeds, *args, **kwargs):
+        simulated.extend(seeds)
+        return oracle_episodes(level, seeds, *args, **kwargs)
+
+    monkeypatch.setattr("kalm_envs.collector.oracle_episodes", counting)
     build_dataset(get_spec(HARD), episodes=12, shard_size=3, progress=False, ref_episodes=2)
+    assert kept_seeds and not kept_seeds & set(simulated)  # finished shards were not redone
     assert verify_dataset(HARD).ok
     assert HARD in minari.list_local_datasets()
     assert not work.exists()
@@ -174,7 +182,6 @@ def test_killed_build_leaves_nothing_and_resumes(minari_root, tmp_path, monkeypa
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "clean"))
     build_dataset(get_spec(HARD), episodes=12, shard_size=3, progress=False, ref_episodes=2)
     assert read_metadata(HARD)["kalm"]["checksum"] == resumed  # the resumed build is the same data
-    assert kept  # shards written before the kill were reused, not rebuilt (same data above)
 
 
 def test_build_refuses_to_overwrite(built_real):
