@@ -63,11 +63,9 @@ def goal_cost(states: np.ndarray, goal: Goal, initial_state: np.ndarray) -> np.n
 
 
 def _moving_balls(goal: Goal) -> set[int]:
-    """Balls the oracle tries first: the ones a goal asks to move."""
-    if goal.kind in (GoalKind.RELATIONS, GoalKind.MOVE):
-        return {a for a, _, _ in goal.clauses} if goal.family in ("relation", "move") else set(
-            range(N_BALLS)
-        )
+    """Balls the oracle tries first: the one ball a single-clause goal asks to move, else all."""
+    if goal.family in ("relation", "move"):
+        return {goal.clauses[0][0]}
     return set(range(N_BALLS))
 
 
