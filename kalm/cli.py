@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from kalm.commands import datasets, ground, imagine, imagine_eval, oracle
+from kalm.commands import datasets, evaluate, ground, imagine, imagine_eval, oracle, train
 
 COMMANDS = {
     "oracle": oracle,
@@ -19,6 +19,8 @@ COMMANDS = {
     "ground": ground,
     "imagine": imagine,
     "imagine-eval": imagine_eval,
+    "train": train,
+    "evaluate": evaluate,
 }
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kalm_envs.dataset_checks import dataset_level
 from kalm_envs.minari_io import read_packed
 
 
@@ -51,10 +52,16 @@ class Transitions:
 
 
 def load_transitions(datasets: str | Path | Sequence[str | Path]) -> Transitions:
-    """Flatten one or more datasets (ids under the Minari root, or dataset folders)."""
+    """Flatten one or more datasets (ids under the Minari root, or dataset folders).
+
+    Raises:
+        FileNotFoundError: a dataset does not exist. ValueError: a dataset is not of our spaces.
+    """
     names = [datasets] if isinstance(datasets, str | Path) else list(datasets)
     if not names:
         raise ValueError("load_transitions needs at least one dataset")
+    for name in names:  # every dataset is checked before any is read
+        dataset_level(name)
     vocabulary: dict[str, int] = {}
     parts: dict[str, list[np.ndarray]] = defaultdict(list)
     first_episode = 0

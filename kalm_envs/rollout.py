@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +9,8 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+
+from kalm_envs.atomic import atomic_path
 
 Policy = Callable[[dict[str, Any], dict[str, Any]], int]
 _STEP_FIELDS = ("actions", "rewards", "terminations", "truncations")  # T entries per episode
@@ -126,10 +127,8 @@ def unpack_episodes(packed: dict[str, np.ndarray]) -> list[Episode]:
 
 def save_episodes(path: Path, episodes: Sequence[Episode], **extra: np.ndarray) -> None:
     """Write packed episodes (and ``extra`` arrays) to one ``.npz``, atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **pack_episodes(episodes), **extra)
-    os.replace(tmp, path)
 
 
 def load_packed(path: Path) -> dict[str, np.ndarray]:

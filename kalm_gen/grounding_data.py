@@ -25,7 +25,6 @@ share is at least one example).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +34,8 @@ import numpy as np
 
 from kalm_envs.goals import Goal
 from kalm_envs.language import instruction_variants
-from kalm_envs.minari_io import DatasetError, dataset_dir, datasets_root, read_metadata, read_packed
-from kalm_envs.registration import ENV_IDS
+from kalm_envs.dataset_checks import dataset_folder, dataset_level
+from kalm_envs.minari_io import DatasetError, read_packed
 from kalm_gen.sequences import TASKS, Sequence as TokenSequence
 from kalm_gen.sequences import collate, dynamics_sequence, explain_sequence, rollout_sequence
 
@@ -45,7 +44,6 @@ __all__ = [
     "GroundingData",
     "GroundingEpisode",
     "GroundingSampler",
-    "dataset_level",
     "load_grounding_episodes",
     "normalize_task_weights",
     "split_episodes",
@@ -53,8 +51,6 @@ __all__ = [
 
 DEFAULT_TASK_WEIGHTS: dict[str, float] = {task: 1.0 for task in TASKS}
 TASK_INDEX: dict[str, int] = {task: i for i, task in enumerate(TASKS)}
-_LEVEL_OF_ENV = {env_id: level for level, env_id in ENV_IDS.items()}
-_STATE_DIM, _N_ACTIONS = 10, 40
 
 
 @dataclass(frozen=True)
@@ -85,70 +81,6 @@ class GroundingEpisode:
     @property
     def length(self) -> int:
         return len(self.actions)
-
-
-def _dataset_folder(dataset: str | Path) -> Path:
-    """The folder of a dataset id or path; ``FileNotFoundError`` naming it when absent."""
-    folder = Path(dataset)
-    if folder.is_dir():
-        return folder
-    candidate = dataset_dir(str(dataset))
-    if candidate.is_dir():
-        return candidate
-    raise FileNotFoundError(
-        f"dataset {str(dataset)!r} not found: no such folder and no dataset of that id under the "
-        f"Minari root {datasets_root()} (build it with: kalm datasets build {dataset})"
-    )
-
-
-def dataset_level(dataset: str | Path) -> str:
-    """The instruction level of a dataset of our spaces, read from its Minari metadata.
-
-    Raises:
-        FileNotFoundError: the dataset does not exist.
-        ValueError: it is not a CLEVR-Robot dataset of our spaces (another env id, observation or
-            action space), or its metadata is unreadable; the message names the dataset.
-    """
-    folder = _dataset_folder(dataset)
-    try:
-        metadata = read_metadata(folder)
-    except DatasetError as error:
-        raise ValueError(f"dataset {str(dataset)!r}: {error}") from error
-    try:
-        env_spec = json.loads(metadata.get("env_spec") or "null") or {}
-        action_space = json.loads(metadata.get("action_space") or "null") or {}
-        observation_space = json.loads(metadata.get("observation_space") or "null") or {}
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"dataset {str(dataset)!r}: unreadable space metadata ({error})") from error
-    env_id = env_spec.get("id")
-    if env_id not in _LEVEL_OF_ENV:
-        raise ValueError(
-            f"dataset {str(dataset)!r} was recorded in env {env_id!r}, not a CLEVR-Robot env of "
-            f"KALM-Gym ({', '.join(ENV_IDS.values())}); grounding needs our observation and "
-            "action spaces"
-        )
-    subspaces = observation_space.get("subspaces", {}) if isinstance(observation_space, dict) else {}
-    state_space = subspaces.get("observation", {})
-    spaces_ok = (
-        action_space.get("type") == "Discrete"
-        and action_space.get("n") == _N_ACTIONS
-        and int(action_space.get("start", 0)) == 0
-        and observation_space.get("type") == "Dict"
-        and state_space.get("type") == "Box"
-        and list(state_space.get("shape", [])) == [_STATE_DIM]
-        and subspaces.get("instruction", {}).get("type") == "Text"
-    )
-    if not spaces_ok:
-        raise ValueError(
-            f"dataset {str(dataset)!r} (env {env_id}) does not have our spaces: expected "
-            f"Discrete({_N_ACTIONS}) actions and a Dict observation with a (10,) Box "
-            f"'observation' and a Text 'instruction', got action space {action_space} and "
-            f"observation space {observation_space}"
-        )
-    level = env_spec.get("kwargs", {}).get("level", _LEVEL_OF_ENV[env_id])
-    if level != _LEVEL_OF_ENV[env_id]:
-        raise ValueError(f"dataset {str(dataset)!r}: env {env_id} with level {level!r} is inconsistent")
-    return level
 
 
 def _wordings(goal_array: np.ndarray, level: str, recorded: str, cache: dict) -> tuple[str, ...]:
@@ -183,7 +115,7 @@ def load_grounding_episodes(
     cache: dict = {}
     for name, level in zip(names, levels, strict=True):
         try:
-            packed = read_packed(_dataset_folder(name))
+            packed = read_packed(dataset_folder(name))
         except DatasetError as error:
             raise ValueError(f"dataset {str(name)!r}: {error}") from error
         lengths = packed["lengths"]

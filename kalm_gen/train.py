@@ -56,12 +56,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kalm_envs.atomic import atomic_write_text
+from kalm_envs.dataset_checks import dataset_level
 from kalm_gen.grounded_lm import GroundedLM, GroundedLMConfig, to_tensors
 from kalm_gen.grounding_data import (
     DEFAULT_TASK_WEIGHTS,
     GroundingData,
     GroundingSampler,
-    dataset_level,
     load_grounding_episodes,
     normalize_task_weights,
 )
@@ -307,12 +308,6 @@ def _remove_tree(folder: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _publish(staging: Path, final: Path) -> None:
     """Rename the complete ``staging`` folder to ``final`` (replacing an older one)."""
     staging.chmod(0o755)
@@ -343,7 +338,7 @@ def _prepare_output(config: GroundingTrainConfig) -> Path:
                 f"({'; '.join(differences)}); resume with the same settings, or use a new --output"
             )
     else:
-        _atomic_write_text(stored_file, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+        atomic_write_text(stored_file, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
     for leftover in output.iterdir():  # staging folders of checkpoints killed while being written
         if leftover.name.startswith(".") and (".tmp-" in leftover.name or ".deleting-" in leftover.name):
             if leftover.is_dir():
@@ -370,7 +365,7 @@ def _reset_log(output: Path, keep_until: int, event: dict[str, Any]) -> None:
     """Keep the log records up to step ``keep_until`` (what a resumed run has done), add ``event``."""
     kept = [r for r in _read_log(output) if r.get("step", 0) <= keep_until] if keep_until > 0 else []
     lines = [json.dumps(r, sort_keys=True) for r in [*kept, event]]
-    _atomic_write_text(output / LOG_FILE, "\n".join(lines) + "\n")
+    atomic_write_text(output / LOG_FILE, "\n".join(lines) + "\n")
 
 
 # --- rng state ----------------------------------------------------------------------------------------

@@ -7,3 +7,16 @@ import pytest
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module (use with ``pytestmark = pytest.mark.usefixtures(...)``): on 2
+    shared cores, two threads of a small model spin-wait on each other, and a step can take 80
+    times longer whenever another process keeps a core busy."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -2,8 +2,6 @@
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,20 +11,8 @@ from kalm_envs.loader import load_transitions
 from kalm_envs.minari_io import write_dataset
 from kalm_envs.oracle import oracle_episodes
 from kalm_envs.text_encoders import HashedNgramEncoder
-from tests.helpers import temporary_minari_root
+from tests.helpers import d3rlpy_python, temporary_minari_root
 
-D3RLPY_VENV = Path(__file__).resolve().parents[1] / ".cache" / "d3rlpy-venv"
-D3RLPY_PYTHON = D3RLPY_VENV / "bin" / "python"
-
-
-def d3rlpy_python() -> Path:
-    """A virtual environment with d3rlpy 2.8.1 and the CPU torch wheel, built once and cached."""
-    if not D3RLPY_PYTHON.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(D3RLPY_VENV)], check=True)
-        pip = [str(D3RLPY_PYTHON), "-m", "pip", "install", "-q"]
-        subprocess.run([*pip, "torch==2.13.0"], check=True)
-        subprocess.run([*pip, "d3rlpy==2.8.1"], check=True)
-    return D3RLPY_PYTHON
 
 
 @pytest.fixture(scope="module")

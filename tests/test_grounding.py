@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from kalm_envs.collector import build_dataset
+from kalm_envs.dataset_checks import dataset_level
 from kalm_envs.dataset_specs import get_spec
 from kalm_envs.goals import Goal
 from kalm_envs.language import instruction_variants, parse_instruction
@@ -29,7 +30,6 @@ from kalm_envs.registration import ENV_IDS
 from kalm_gen.grounding_data import (
     GroundingData,
     GroundingSampler,
-    dataset_level,
     load_grounding_episodes,
 )
 from kalm_gen.sequences import EXPLAIN_ANSWER, TASKS, TEXT
@@ -42,7 +42,7 @@ from kalm_gen.train import (
     latest_checkpoint,
     train_grounding,
 )
-from tests.helpers import temporary_minari_root
+from tests.helpers import temporary_minari_root, write_cartpole_dataset
 
 REAL = "kalm/clevr-robot/real-v0"
 CUSTOM = "kalm/clevr-robot/custom-wording-v0"
@@ -51,16 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 PYTHON = Path(sys.executable)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: on 2 shared cores, two threads of a tiny model spin-wait on each other
-    (a step takes 80 times longer whenever another process keeps a core busy)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -74,26 +65,8 @@ def root(tmp_path_factory: pytest.TempPathFactory):
         for i, episode in enumerate(episodes):
             episode.instruction = f"Nudge ball number {i} somewhere nice."
         write_dataset(CUSTOM, episodes, ENV_IDS["train"], "custom wordings", {}, (0.0, 1.0), "test")
-        _cartpole_dataset()
+        write_cartpole_dataset(OTHER)
         yield path
-
-
-def _cartpole_dataset() -> None:
-    import warnings
-
-    import minari
-    from minari.data_collector import EpisodeBuffer
-
-    buffer = EpisodeBuffer(
-        id=0, observations=np.zeros((4, 4), np.float32), actions=[0, 1, 0], rewards=[1.0] * 3,
-        terminations=[False, False, True], truncations=[False] * 3, infos={},
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        minari.create_dataset_from_buffers(
-            dataset_id=OTHER, buffer=[buffer], env="CartPole-v1", algorithm_name="test",
-            author="test", code_permalink="test", description="not ours", data_format="hdf5",
-        )
 
 
 @pytest.fixture(scope="module")

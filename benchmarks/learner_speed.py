@@ -1,0 +1,203 @@
+"""Our BC and CQL against d3rlpy's DiscreteBC and DiscreteCQL: updates/s and success on train goals.
+
+Same transitions (``kalm_envs.adapters.to_d3rlpy_arrays`` gives d3rlpy every one of ours), the
+same network (hidden layers ``--hidden``, ReLU, plain MLP), batch size, learning rate, discount,
+reward scale and CQL ``alpha``, one torch thread each. d3rlpy lives in its own virtual environment
+(it pins gymnasium 1.0.0; ``tests/helpers.py::d3rlpy_python`` builds it once under ``.cache``) and
+runs in a child process that times its own ``fit`` loop; ours times
+``learner.update(data.sample(...))``. Both timings leave out loading and building. The two sides
+alternate ``--repeats`` times; medians are printed with their ratio next to the 3x target.
+
+Success: each side trains ``--success-updates`` updates (seed 0) and its greedy policy is
+evaluated on ``--episodes`` train-goal episodes, the same seeded episodes for both (d3rlpy's policy
+comes back as TorchScript through ``save_policy``, which exports the argmax only). Our policy at
+its default sampling temperature is reported beside them.
+
+Differences we cannot remove: d3rlpy updates its CQL target network by copying it every
+``target_update_interval`` updates (set to ``1 / tau`` = 200), ours by Polyak averaging; ours
+multiplies ball coordinates by ``kalm_rl.data.STATE_SCALE`` before the network.
+
+Usage: ``python benchmarks/learner_speed.py [--dataset ID] [--updates N] [--repeats R]
+[--success-updates N] [--episodes E] [--json]``; without ``--dataset`` a 300-episode oracle dataset
+is built in a temporary Minari root (about 30 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from kalm_envs.adapters import to_d3rlpy_arrays  # noqa: E402
+from kalm_envs.loader import load_transitions  # noqa: E402
+from kalm_envs.text_encoders import HashedNgramEncoder  # noqa: E402
+from kalm_rl.data import OfflineData  # noqa: E402
+from kalm_rl.evaluation import evaluate_policy  # noqa: E402
+from kalm_rl.learners import make_learner  # noqa: E402
+from kalm_rl.policy import LearnerPolicy  # noqa: E402
+from kalm_rl.policy_adapters import FlatPolicy  # noqa: E402
+from tests.helpers import d3rlpy_python  # noqa: E402
+
+TARGET = 3.0
+ALGORITHMS = {"bc": "DiscreteBCConfig", "cql": "DiscreteCQLConfig"}
+
+D3RLPY_SCRIPT = """
+import json, sys, time, numpy as np, torch
+torch.set_num_threads(1)
+import d3rlpy
+from d3rlpy.dataset import MDPDataset
+args = json.loads(sys.argv[1])
+arrays = np.load(args["data"])
+dataset = MDPDataset(**{k: arrays[k] for k in arrays.files}, action_size=40)
+d3rlpy.seed(args["seed"])
+encoder = d3rlpy.models.VectorEncoderFactory(hidden_units=args["hidden"])
+common = dict(batch_size=args["batch_size"], encoder_factory=encoder, learning_rate=args["lr"],
+              reward_scaler=d3rlpy.preprocessing.MultiplyRewardScaler(args["reward_scale"]))
+if args["algorithm"] == "bc":
+    config = d3rlpy.algos.DiscreteBCConfig(beta=0.0, **common)
+else:
+    config = d3rlpy.algos.DiscreteCQLConfig(gamma=args["gamma"], alpha=args["alpha"],
+                                            target_update_interval=args["target_update_interval"], **common)
+algo = config.create(device="cpu:0")
+algo.build_with_dataset(dataset)
+start = time.perf_counter()
+algo.fit(dataset, n_steps=args["updates"], n_steps_per_epoch=args["updates"], show_progress=False,
+         save_interval=10**9, logger_adapter=d3rlpy.logging.NoopAdapterFactory())
+seconds = time.perf_counter() - start
+if args.get("policy"):
+    algo.save_policy(args["policy"])
+print(json.dumps({"updates_per_s": args["updates"] / seconds}))
+"""
+
+
+def build_dataset(root: Path, episodes: int) -> str:
+    from kalm_envs.minari_io import write_dataset
+    from kalm_envs.oracle import oracle_episodes
+    from kalm_envs.registration import ENV_IDS
+
+    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    dataset_id = "kalm/bench/train-v0"
+    real = oracle_episodes("train", range(episodes), epsilon=0.2, workers=2)
+    write_dataset(dataset_id, real, ENV_IDS["train"], "benchmark data", {}, (0.0, 1.0), "oracle")
+    return dataset_id
+
+
+def settings(args: argparse.Namespace, algorithm: str) -> dict:
+    """The learner settings both sides share."""
+    params = {"hidden": args.hidden, "lr": args.lr}
+    if algorithm == "cql":
+        params.update(gamma=args.gamma, alpha=args.alpha, tau=args.tau)
+    return params
+
+
+def ours(data: OfflineData, args: argparse.Namespace, algorithm: str, updates: int):
+    """Train our learner for ``updates``; returns (updates/s, learner)."""
+    torch.manual_seed(0)
+    learner = make_learner(algorithm, data.input_dim, settings(args, algorithm))
+    generator = torch.Generator().manual_seed(0)
+    learner.update(data.sample(args.batch_size, generator))  # warm-up: allocations, optimizer state
+    start = time.perf_counter()
+    for _ in range(updates):
+        learner.update(data.sample(args.batch_size, generator))
+    return updates / (time.perf_counter() - start), learner
+
+
+def theirs(python: Path, data_file: Path, args: argparse.Namespace, algorithm: str, updates: int,
+           policy: Path | None = None) -> float:
+    """Train d3rlpy's learner for ``updates`` in its venv; returns its updates/s."""
+    spec = {"data": str(data_file), "algorithm": algorithm, "updates": updates, "seed": 0,
+            "hidden": args.hidden, "batch_size": args.batch_size, "lr": args.lr, "gamma": args.gamma,
+            "alpha": args.alpha, "reward_scale": args.reward_scale,
+            "target_update_interval": round(1 / args.tau), "policy": str(policy) if policy else None}
+    out = subprocess.run([str(python), "-c", D3RLPY_SCRIPT, json.dumps(spec)], check=True,
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return json.loads(out.stdout.strip().splitlines()[-1])["updates_per_s"]
+
+
+def d3rlpy_policy(file: Path) -> FlatPolicy:
+    """d3rlpy's TorchScript policy (flat observations -> actions) as a policy over dicts."""
+    module = torch.jit.load(str(file))
+
+    def predict(flat: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return module(torch.from_numpy(flat)).numpy()
+
+    return FlatPolicy(predict, HashedNgramEncoder(), "d3rlpy")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", help="dataset id or folder (default: build a small one)")
+    parser.add_argument("--build-episodes", type=int, default=300)
+    parser.add_argument("--updates", type=int, default=300, help="updates per timed run")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--success-updates", type=int, default=5000)
+    parser.add_argument("--episodes", type=int, default=200, help="train-goal episodes per policy")
+    parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--gamma", type=float, default=0.9)
+    parser.add_argument("--alpha", type=float, default=0.1)
+    parser.add_argument("--tau", type=float, default=0.005)
+    parser.add_argument("--reward-scale", type=float, default=0.01)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    python = d3rlpy_python()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        dataset = args.dataset or build_dataset(tmp / "minari", args.build_episodes)
+        transitions = load_transitions(dataset)
+        data = OfflineData(transitions, [], HashedNgramEncoder(), reward_scale=args.reward_scale)
+        data_file = tmp / "d3rlpy.npz"
+        np.savez(data_file, **to_d3rlpy_arrays(transitions, HashedNgramEncoder()))
+        report: dict = {"dataset": str(dataset), "transitions": len(transitions), "batch_size": args.batch_size,
+                        "hidden": args.hidden, "updates_per_run": args.updates, "repeats": args.repeats}
+        for algorithm in ALGORITHMS:
+            ours_runs, theirs_runs = [], []
+            for _ in range(args.repeats):
+                ours_runs.append(ours(data, args, algorithm, args.updates)[0])
+                theirs_runs.append(theirs(python, data_file, args, algorithm, args.updates))
+            ours_speed, theirs_speed = statistics.median(ours_runs), statistics.median(theirs_runs)
+            _, learner = ours(data, args, algorithm, args.success_updates)
+            policy_file = tmp / f"{algorithm}.pt"
+            theirs(python, data_file, args, algorithm, args.success_updates, policy=policy_file)
+            ours_greedy = LearnerPolicy(learner, HashedNgramEncoder(), temperature=0.0)
+            ours_success = evaluate_policy(ours_greedy, "train", episodes=args.episodes).success_rate
+            ours_sampling = evaluate_policy(LearnerPolicy(learner, HashedNgramEncoder()), "train",
+                                            episodes=args.episodes).success_rate
+            theirs_success = evaluate_policy(d3rlpy_policy(policy_file), "train", episodes=args.episodes).success_rate
+            report[algorithm] = {
+                "ours_updates_per_s": ours_speed, "d3rlpy_updates_per_s": theirs_speed,
+                "speedup": ours_speed / theirs_speed, "ours_runs": ours_runs, "d3rlpy_runs": theirs_runs,
+                "success_updates": args.success_updates, "ours_train_success": ours_success,
+                "d3rlpy_train_success": theirs_success, "ours_train_success_sampling": ours_sampling,
+            }
+    print(f"{'':6}{'ours upd/s':>12}{'d3rlpy upd/s':>14}{'ratio':>8}{'target':>8}"
+          f"{'ours greedy':>13}{'d3rlpy greedy':>15}{'ours sampling':>15}")
+    for algorithm in ALGORITHMS:
+        row = report[algorithm]
+        print(f"{algorithm:6}{row['ours_updates_per_s']:>12.0f}{row['d3rlpy_updates_per_s']:>14.0f}"
+              f"{row['speedup']:>7.2f}x{TARGET:>7.1f}x{row['ours_train_success']:>13.1%}"
+              f"{row['d3rlpy_train_success']:>15.1%}{row['ours_train_success_sampling']:>15.1%}")
+    print(f"medians of {args.repeats} alternating runs of {args.updates} updates; success after "
+          f"{args.success_updates} updates on {args.episodes} train-goal episodes")
+    if args.json:
+        print(json.dumps(report, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Offline transitions as torch tensors, and batches that mix real and imagined data.
+
+A policy input is the scaled state next to the instruction's embedding: ``(B, 10 + D)``
+float32, ``D`` the text encoder's ``dim``. Embeddings are computed once per distinct instruction
+and gathered per batch, so the dataset holds ``N x 10`` states, not ``N x (10 + D)`` inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import torch
+
+from kalm_envs.loader import Transitions
+from kalm_envs.text_encoders import TextEncoder
+
+STATE_SCALE = 2.0
+"""Ball coordinates (m) are multiplied by this before the networks see them: x in [-1, 1], y in [-0.6, 1.2]."""
+
+
+def policy_inputs(states: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+    """``(B, 10)`` states (m) and ``(B, D)`` instruction embeddings -> ``(B, 10 + D)`` inputs."""
+    return torch.cat([states * STATE_SCALE, embeddings], dim=1)
+
+
+@dataclass
+class Batch:
+    """``B`` transitions ready for a learner.
+
+    Attributes:
+        states, next_states: ``(B, 10)`` float32 ball centres (m) at ``s`` and ``s'``.
+        embeddings: ``(B, D)`` float32 instruction embeddings.
+        actions: ``(B,)`` int64. rewards: ``(B,)`` float32, already multiplied by the reward scale.
+        terminals: ``(B,)`` float32, 1 only where the episode *terminated* at ``s'``; a time-limit
+            truncation keeps 0, so the learner bootstraps from ``s'`` there.
+        sources: ``(B,)`` int64, the :class:`OfflineData` source index of each row.
+    """
+
+    states: torch.Tensor
+    next_states: torch.Tensor
+    embeddings: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    terminals: torch.Tensor
+    sources: torch.Tensor
+
+    @cached_property
+    def inputs(self) -> torch.Tensor:
+        """``(B, 10 + D)`` policy inputs at ``s``."""
+        return policy_inputs(self.states, self.embeddings)
+
+    @cached_property
+    def next_inputs(self) -> torch.Tensor:
+        """``(B, 10 + D)`` policy inputs at ``s'`` (built only for learners that bootstrap)."""
+        return policy_inputs(self.next_states, self.embeddings)
+
+
+class OfflineData:
+    """Transitions of one or more datasets, each tagged as ``real`` or ``imagined``.
+
+    ``real_fraction`` of every batch comes from the real datasets and the rest from the imagined
+    ones (oracle datasets take the imagined slot for the upper-bound run). Within a group rows are
+    drawn uniformly with replacement. With no imagined data every row is real.
+    """
+
+    def __init__(
+        self,
+        transitions: Transitions,
+        imagined_sources: Sequence[int],
+        encoder: TextEncoder,
+        real_fraction: float = 0.5,
+        reward_scale: float = 0.01,
+    ) -> None:
+        sources = torch.as_tensor(transitions.sources.astype(np.int64))
+        imagined = torch.isin(sources, torch.as_tensor(list(imagined_sources), dtype=torch.int64))
+        self.real_rows = torch.nonzero(~imagined).flatten()
+        self.imagined_rows = torch.nonzero(imagined).flatten()
+        if len(self.real_rows) == 0:
+            raise ValueError("no real transitions: give at least one real dataset")
+        if len(self.imagined_rows) and not 0.0 < real_fraction < 1.0:
+            raise ValueError(f"real fraction {real_fraction} must lie strictly between 0 and 1 "
+                             "when imagined data is given")
+        self.real_fraction = real_fraction if len(self.imagined_rows) else 1.0
+        self.states = torch.as_tensor(transitions.observations)
+        self.next_states = torch.as_tensor(transitions.next_observations)
+        self.actions = torch.as_tensor(transitions.actions, dtype=torch.int64)
+        self.rewards = torch.as_tensor(transitions.rewards * reward_scale, dtype=torch.float32)
+        self.terminals = torch.as_tensor(transitions.terminations, dtype=torch.float32)
+        self.text_ids = torch.as_tensor(transitions.instruction_ids.astype(np.int64))
+        self.embeddings = torch.as_tensor(encoder.encode(transitions.instructions), dtype=torch.float32)
+        self.sources = sources
+        self.input_dim = self.states.shape[1] + self.embeddings.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    def real_rows_per_batch(self, batch_size: int) -> int:
+        """How many rows of a ``batch_size`` batch are real (the rest are imagined)."""
+        return round(batch_size * self.real_fraction)
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        """A batch of ``batch_size`` rows, ``real_rows_per_batch`` of them real."""
+        n_real = self.real_rows_per_batch(batch_size)
+        rows = self.real_rows[torch.randint(len(self.real_rows), (n_real,), generator=generator)]
+        if n_real < batch_size:
+            picks = torch.randint(len(self.imagined_rows), (batch_size - n_real,), generator=generator)
+            rows = torch.cat([rows, self.imagined_rows[picks]])
+        return self.batch(rows)
+
+    def batch(self, rows: torch.Tensor) -> Batch:
+        """The transitions at ``rows`` (``(B,)`` int64)."""
+        return Batch(
+            states=self.states[rows],
+            next_states=self.next_states[rows],
+            embeddings=self.embeddings[self.text_ids[rows]],
+            actions=self.actions[rows],
+            rewards=self.rewards[rows],
+            terminals=self.terminals[rows],
+            sources=self.sources[rows],
+        )

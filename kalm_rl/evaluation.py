@@ -1,0 +1,372 @@
+"""Success rate of goal-conditioned policies per goal level, on fixed evaluation episodes.
+
+Episode ``i`` of a level is reset with seed ``EVAL_SEED + seed + i`` (``seed`` defaults to 0), so
+every method meets the same goals and initial states, none of them in a dataset (dataset seeds are
+below 2,000,000). A policy sees only what the env observes, ``{"observation": (10,) float32,
+"instruction": str}``, and is either
+
+- an object with ``act_batch(observations: Sequence[dict]) -> (B,) ints`` (one call per step for
+  all running episodes, so a neural policy gets a batch), or
+- a plain callable ``observation -> int``.
+
+>>> from kalm_rl.evaluation import RandomPolicy, evaluate_policy
+>>> result = evaluate_policy(RandomPolicy(seed=0), "easy", episodes=10)
+>>> result.successes.shape
+(10,)
+
+This module never imports torch; matplotlib is imported only to draw the chart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import gymnasium as gym
+import numpy as np
+
+from kalm_envs import ENV_IDS, N_ACTIONS, Goal
+from kalm_envs.atomic import atomic_path
+
+__all__ = [
+    "EVAL_SEED",
+    "BatchPolicy",
+    "LevelResult",
+    "Policy",
+    "RandomPolicy",
+    "as_batch_policy",
+    "bar_chart",
+    "episode_seeds",
+    "evaluate_policies",
+    "evaluate_policy",
+    "markdown_table",
+    "write_report",
+]
+
+EVAL_SEED = 5_000_000
+REPORT_FILES = ("evaluation.json", "evaluation.md", "evaluation.png")
+
+
+@runtime_checkable
+class BatchPolicy(Protocol):
+    """A policy that acts on a batch of observation dicts at once."""
+
+    def act_batch(self, observations: Sequence[dict[str, Any]]) -> np.ndarray:
+        """``(B,)`` integer actions in ``[0, 40)``, one per observation."""
+        ...
+
+
+Policy = BatchPolicy | Callable[[dict[str, Any]], int]
+
+
+class _PerObservation:
+    """:class:`BatchPolicy` around a plain callable ``observation -> int``."""
+
+    def __init__(self, act: Callable[[dict[str, Any]], int]) -> None:
+        self.act = act
+
+    def act_batch(self, observations: Sequence[dict[str, Any]]) -> np.ndarray:
+        return np.asarray([self.act(observation) for observation in observations])
+
+
+def as_batch_policy(policy: Policy) -> BatchPolicy:
+    """``policy`` itself if it has ``act_batch``, else a wrapper calling it per observation."""
+    if isinstance(policy, BatchPolicy):
+        return policy
+    if callable(policy):
+        return _PerObservation(policy)
+    raise TypeError(f"policy {policy!r} has no act_batch() and is not callable")
+
+
+class RandomPolicy:
+    """Uniformly random pushes (0..39), reproducible whatever the batching.
+
+    Each action is drawn from a numpy Generator seeded with ``seed`` and a BLAKE2b digest of the
+    observation (ball centres and instruction), so it depends only on what is observed, like any
+    deterministic policy: results do not change with ``batch_envs`` or the order of episodes.
+    """
+
+    label = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = int(seed)
+
+    def _draw(self, observation: Mapping[str, Any]) -> int:
+        state = np.ascontiguousarray(observation["observation"], dtype=np.float32)
+        digest = hashlib.blake2b(state.tobytes(), digest_size=16)
+        digest.update(str(observation["instruction"]).encode("utf-8"))
+        entropy = np.frombuffer(digest.digest(), dtype=np.uint32)
+        rng = np.random.default_rng([self.seed, *entropy.tolist()])
+        return int(rng.integers(N_ACTIONS))
+
+    def act_batch(self, observations: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        return np.array([self._draw(o) for o in observations], dtype=np.int64)
+
+    def __call__(self, observation: Mapping[str, Any]) -> int:
+        return self._draw(observation)
+
+
+@dataclass
+class LevelResult:
+    """One policy's episodes on one level; ``N`` is the number of episodes.
+
+    Attributes:
+        level: ``"train"``, ``"rephrase"``, ``"easy"`` or ``"hard"``.
+        episodes: N.
+        seeds: ``(N,)`` int64 reset seeds, ``EVAL_SEED + seed + i``.
+        successes: ``(N,)`` bool, whether the goal held when each episode ended.
+        lengths: ``(N,)`` int64 steps taken (at most 50).
+        success_rate: mean of ``successes``, in [0, 1].
+        mean_length: mean of ``lengths`` (steps).
+        success_by_family: success rate per goal family (relation, move, pair, ...).
+    """
+
+    level: str
+    episodes: int
+    seeds: np.ndarray
+    successes: np.ndarray
+    lengths: np.ndarray
+    success_rate: float
+    mean_length: float
+    success_by_family: dict[str, float]
+
+
+def _check_level(level: str) -> None:
+    if level not in ENV_IDS:
+        raise ValueError(f"level {level!r} is not one of {tuple(ENV_IDS)}")
+
+
+def _check_episodes(episodes: int) -> None:
+    if isinstance(episodes, bool) or not isinstance(episodes, int | np.integer) or episodes < 1:
+        raise ValueError(f"episodes {episodes!r} must be an integer >= 1")
+
+
+def episode_seeds(episodes: int, seed: int = 0) -> np.ndarray:
+    """``(episodes,)`` int64 reset seeds of a level's evaluation episodes."""
+    _check_episodes(episodes)
+    return EVAL_SEED + int(seed) + np.arange(episodes, dtype=np.int64)
+
+
+def _checked_actions(actions: Any, count: int) -> np.ndarray:
+    """``(count,)`` int64 actions, or ValueError naming the first bad value."""
+    array = np.asarray(actions)
+    if array.shape != (count,):
+        raise ValueError(f"policy returned actions of shape {array.shape}, expected ({count},)")
+    if array.dtype.kind not in "iu":
+        raise ValueError(
+            f"policy returned action {array.tolist()[0]!r} (dtype {array.dtype}); actions must "
+            f"be integers in [0, {N_ACTIONS})"
+        )
+    outside = (array < 0) | (array >= N_ACTIONS)
+    if outside.any():
+        raise ValueError(
+            f"policy returned action {int(array[outside][0])}; actions must be integers "
+            f"in [0, {N_ACTIONS})"
+        )
+    return array.astype(np.int64)
+
+
+def _run_lockstep(
+    envs: list[gym.Env], policy: BatchPolicy, seeds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run one episode per seed, ``envs[j]`` for ``seeds[j]``, all stepping together.
+
+    Returns ``(B,)`` bool successes, ``(B,)`` int64 lengths and ``(B, 10)`` int64 goals.
+    """
+    observations, goals, successes = [], [], []
+    for env, seed in zip(envs[: len(seeds)], seeds, strict=True):
+        observation, info = env.reset(seed=int(seed))
+        observations.append(observation)
+        goals.append(np.asarray(info["goal"], dtype=np.int64))
+        successes.append(bool(info["is_success"]))
+    lengths = np.zeros(len(seeds), dtype=np.int64)
+    running = list(range(len(seeds)))
+    while running:
+        actions = _checked_actions(
+            policy.act_batch([observations[j] for j in running]), len(running)
+        )
+        still_running = []
+        for j, action in zip(running, actions, strict=True):
+            observation, _, terminated, truncated, info = envs[j].step(int(action))
+            observations[j] = observation
+            successes[j] = bool(info["is_success"])
+            lengths[j] += 1
+            if not (terminated or truncated):
+                still_running.append(j)
+        running = still_running
+    return np.array(successes, dtype=bool), lengths, np.stack(goals)
+
+
+def evaluate_policy(
+    policy: Policy, level: str, episodes: int = 200, seed: int = 0, batch_envs: int = 50
+) -> LevelResult:
+    """Run ``policy`` on the evaluation episodes of ``level``.
+
+    Episodes run in consecutive batches of ``batch_envs`` envs (``gym.make(ENV_IDS[level])``,
+    50-step time limit) stepped in lockstep: at each step the policy is called once on the
+    observations of the episodes still running. Each episode is seeded on its own, so a policy
+    whose action depends only on the observation gets the same results for any ``batch_envs``.
+    A policy with a ``reseed(int)`` method (a sampling one) is reseeded from ``level`` and
+    ``seed`` first, so its results repeat for the same ``seed`` and ``batch_envs``.
+
+    Raises:
+        ValueError: unknown ``level``, ``episodes`` or ``batch_envs`` below 1, or a returned action
+            that is not an integer in [0, 40) (the message names it).
+    """
+    _check_level(level)
+    seeds = episode_seeds(episodes, seed)
+    if batch_envs < 1:
+        raise ValueError(f"batch_envs {batch_envs} must be at least 1")
+    batch_policy = as_batch_policy(policy)
+    if hasattr(policy, "reseed"):  # a sampling policy draws the same actions on every call
+        policy.reseed(zlib.crc32(f"{level}/{seed}".encode()))
+    envs = [gym.make(ENV_IDS[level]) for _ in range(min(batch_envs, episodes))]
+    try:
+        parts = [
+            _run_lockstep(envs, batch_policy, seeds[start : start + batch_envs])
+            for start in range(0, episodes, batch_envs)
+        ]
+    finally:
+        for env in envs:
+            env.close()
+    successes, lengths, goals = (np.concatenate(column) for column in zip(*parts, strict=True))
+    by_family: dict[str, list[bool]] = defaultdict(list)
+    for goal, success in zip(goals, successes, strict=True):
+        by_family[Goal.from_array(goal).family].append(bool(success))
+    return LevelResult(
+        level=level,
+        episodes=episodes,
+        seeds=seeds,
+        successes=successes,
+        lengths=lengths,
+        success_rate=float(successes.mean()),
+        mean_length=float(lengths.mean()),
+        success_by_family={f: float(np.mean(v)) for f, v in sorted(by_family.items())},
+    )
+
+
+def _mean_and_stderr(rates: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error (std with ddof=1 over sqrt(n); 0.0 for n = 1) of ``rates``."""
+    values = np.asarray(rates, dtype=np.float64)
+    if len(values) == 1:
+        return float(values[0]), 0.0
+    return float(values.mean()), float(values.std(ddof=1) / np.sqrt(len(values)))
+
+
+def evaluate_policies(
+    groups: Mapping[str, Sequence[Policy]],
+    levels: Sequence[str] | str = tuple(ENV_IDS),
+    episodes: int = 200,
+    seed: int = 0,
+    batch_envs: int = 50,
+) -> dict[str, Any]:
+    """Evaluate every policy of every group on every level; a group is one method and its
+    policies are that method's training seeds.
+
+    Returns a JSON-friendly report::
+
+        {"episodes": N, "seed": seed, "eval_seed": EVAL_SEED, "levels": [...],
+         "methods": {name: {level: {"success_rate": mean over policies, "stderr": ...,
+                                    "per_policy": [rate, ...], "mean_length": ...,
+                                    "success_by_family": {family: mean rate}}, ...},
+                 ...}}
+
+    Raises ValueError naming an unknown level, for ``episodes`` below 1 or an empty group.
+    """
+    levels = [levels] if isinstance(levels, str) else list(levels)
+    for level in levels:
+        _check_level(level)
+    _check_episodes(episodes)
+    if not groups:
+        raise ValueError("no policy to evaluate: groups is empty")
+    for name, policies in groups.items():
+        if len(policies) == 0:
+            raise ValueError(f"method {name!r} has no policy")
+    methods: dict[str, dict[str, Any]] = {}
+    for name, policies in groups.items():
+        methods[name] = {}
+        for level in levels:
+            results = [evaluate_policy(p, level, episodes, seed, batch_envs) for p in policies]
+            rates = [r.success_rate for r in results]
+            mean, stderr = _mean_and_stderr(rates)
+            methods[name][level] = {
+                "success_rate": mean,
+                "stderr": stderr,
+                "per_policy": rates,
+                "mean_length": float(np.mean([r.mean_length for r in results])),
+                "success_by_family": {
+                    family: float(np.mean([r.success_by_family[family] for r in results]))
+                    for family in results[0].success_by_family
+                },
+            }
+    return {
+        "episodes": int(episodes),
+        "seed": int(seed),
+        "eval_seed": EVAL_SEED,
+        "levels": levels,
+        "methods": methods,
+    }
+
+
+def markdown_table(report: Mapping[str, Any]) -> str:
+    """Rows: methods; columns: levels; cells: mean success % ± standard error %."""
+    levels = report["levels"]
+    lines = [
+        "| method | " + " | ".join(levels) + " |",
+        "|---|" + "---:|" * len(levels),
+    ]
+    for name, row in report["methods"].items():
+        cells = [
+            f"{100 * row[lv]['success_rate']:.1f} ± {100 * row[lv]['stderr']:.1f}" for lv in levels
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def bar_chart(report: Mapping[str, Any], path: str | Path) -> None:
+    """Write a PNG: per level, one bar per method (mean success %), standard-error whiskers."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    levels, methods = report["levels"], report["methods"]
+    width = 0.8 / max(len(methods), 1)
+    x = np.arange(len(levels))
+    figure = Figure(figsize=(1.6 + 1.4 * len(levels), 3.6), dpi=120)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for k, (name, row) in enumerate(methods.items()):
+        means = [100 * row[level]["success_rate"] for level in levels]
+        errors = [100 * row[level]["stderr"] for level in levels]
+        offset = (k - (len(methods) - 1) / 2) * width
+        axes.bar(x + offset, means, width, yerr=errors, capsize=3, label=name, color=f"C{k % 10}")
+    axes.set_xticks(x, levels)
+    axes.set_ylim(0, 100)
+    axes.set_ylabel("success (%)")
+    axes.set_title(f"success per level ({report['episodes']} episodes each)")
+    axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    figure.tight_layout()
+    figure.savefig(path, format="png")
+
+
+def write_report(report: Mapping[str, Any], output_dir: str | Path) -> list[Path]:
+    """Write ``evaluation.json``, ``evaluation.md`` (the table) and ``evaluation.png`` (the chart)
+    into ``output_dir`` (created if needed), each atomically; return their paths."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path, png_path = (output_dir / name for name in REPORT_FILES)
+    texts = {
+        json_path: json.dumps(report, indent=2, sort_keys=True) + "\n",
+        md_path: markdown_table(report) + "\n",
+    }
+    for path, text in texts.items():
+        with atomic_path(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    with atomic_path(png_path) as tmp:
+        bar_chart(report, tmp)
+    return [json_path, md_path, png_path]

@@ -1,0 +1,65 @@
+"""Discrete conservative Q-learning (Kumar et al., 2020), on a double-DQN backbone.
+
+Loss per batch::
+
+    td  = mean (Q(s, a) - [r + gamma (1 - terminal) Q_target(s', argmax_a' Q(s', a'))])^2
+    acting: a draw from softmax(Q / temperature)
+    cql = mean (logsumexp_a Q(s, .) - Q(s, a))
+    loss = td + alpha * cql
+
+The ``cql`` term pushes down every action's value and pushes up the dataset's action, so actions
+the data never took are not overestimated. The policy samples from ``softmax(Q / 0.3)``
+(greedy with ``temperature=0``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from kalm_rl.data import Batch
+from kalm_rl.learners.base import Learner, QLearnerConfig
+from kalm_rl.networks import gather, mlp, td_target
+
+
+@dataclass
+class CQLConfig(QLearnerConfig):
+    """``alpha``: weight of the conservative term. Its gradient does not shrink with the reward
+    scale while the TD term's does: with rewards scaled to a success of 1, alpha 1 lets the
+    conservative term lift the data's action values without bound; 0.1 keeps them near 1."""
+
+    alpha: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.alpha < 0:
+            raise ValueError(f"alpha {self.alpha} must not be negative")
+
+
+class CQL(Learner):
+    name = "cql"
+    temperature = 0.3  # scaled reward units (a success is worth 1)
+    Config = CQLConfig
+
+    def __init__(self, input_dim: int, config: CQLConfig) -> None:
+        super().__init__(input_dim, config)
+        self.q = mlp(input_dim, config.hidden)
+        self.q_target = self.target_of(self.q)
+
+    def losses(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with torch.no_grad():
+            next_actions = self.q(batch.next_inputs).argmax(dim=1)
+            next_values = gather(self.q_target(batch.next_inputs), next_actions)
+            targets = td_target(batch.rewards, batch.terminals, next_values, self.config.gamma)
+        q_all = self.q(batch.inputs)
+        q_taken = gather(q_all, batch.actions)
+        td = F.mse_loss(q_taken, targets)
+        conservative = (torch.logsumexp(q_all, dim=1) - q_taken).mean()
+        loss = td + self.config.alpha * conservative
+        return loss, {"loss": loss.detach(), "td": td.detach(), "cql": conservative.detach(),
+                      "q": q_taken.detach().mean()}
+
+    def action_scores(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.q(inputs)

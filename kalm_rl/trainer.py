@@ -1,0 +1,206 @@
+"""Training one offline learner on Minari datasets, with checkpoints, resume and a loss log.
+
+A run folder holds:
+
+- ``config.json``: the :class:`TrainConfig`; a rerun into the same folder must agree with it
+  (only :data:`EXTENSIBLE` settings may change, so a finished run can be extended);
+- ``checkpoint.pt``: learner, optimiser and sampler state at the last checkpoint (atomic);
+- ``log.jsonl``: one JSON line per ``log_every`` updates with the mean of each logged figure;
+- ``policy.pt`` (see :mod:`kalm_rl.policy`) and ``summary.json``, written when training ends.
+
+An interrupted run resumes from its checkpoint and then follows the same trajectory as an
+uninterrupted one: same batches, same weights.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from kalm_envs.atomic import atomic_path, atomic_write_text
+from kalm_envs.loader import load_transitions
+from kalm_envs.text_encoders import ENCODER_NAMES, make_encoder
+from kalm_rl.data import OfflineData
+from kalm_rl.learners import Learner, learner_class, make_learner
+from kalm_rl.policy import POLICY_FILE, save_policy
+
+CONFIG_FILE, CHECKPOINT_FILE, LOG_FILE, SUMMARY_FILE = "config.json", "checkpoint.pt", "log.jsonl", "summary.json"
+EXTENSIBLE = ("updates", "checkpoint_every", "log_every", "temperature")
+"""Settings a rerun may change without starting over."""
+
+
+@dataclass
+class TrainConfig:
+    """One training run.
+
+    Attributes:
+        algorithm: ``bc``, ``cql``, ``iql`` or ``bcq``; ``params`` override its defaults
+            (e.g. ``{"alpha": 0.5, "hidden": [256, 256]}``).
+        datasets: real dataset ids or folders; ``imagined``: imagined (or oracle) ones.
+        real_fraction: share of each batch drawn from ``datasets`` when ``imagined`` is given
+            (0.5 is the KALM paper's 1:1).
+        encoder: instruction encoder name (``hashed`` or ``minilm``), saved with the policy.
+        updates: gradient steps; ``batch_size``: transitions per step.
+        reward_scale: rewards are multiplied by this (the success step's 100 becomes 1).
+        output: the run folder.
+        temperature: acting temperature saved with the policy (None: the algorithm's default).
+    """
+
+    algorithm: str
+    datasets: list[str]
+    output: str
+    imagined: list[str] = field(default_factory=list)
+    real_fraction: float = 0.5
+    encoder: str = "hashed"
+    params: dict[str, Any] = field(default_factory=dict)
+    updates: int = 20_000
+    batch_size: int = 256
+    reward_scale: float = 0.01
+    seed: int = 0
+    checkpoint_every: int = 1_000
+    log_every: int = 100
+    temperature: float | None = None
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad setting."""
+        learner_class(self.algorithm).Config.from_params(dict(self.params))
+        if not self.datasets:
+            raise ValueError("give at least one real dataset")
+        if self.imagined and not 0.0 < self.real_fraction < 1.0:
+            raise ValueError(f"real fraction {self.real_fraction} must lie strictly between 0 and 1")
+        if self.encoder not in ENCODER_NAMES:
+            raise ValueError(f"unknown encoder {self.encoder!r}; choose from {sorted(ENCODER_NAMES)}")
+        for name in ("updates", "batch_size", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} {getattr(self, name)} must be at least 1")
+        if self.reward_scale <= 0:
+            raise ValueError(f"reward scale {self.reward_scale} must be positive")
+        if self.temperature is not None and self.temperature < 0:
+            raise ValueError(f"temperature {self.temperature} must not be negative")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that define the trajectory of training (all but :data:`EXTENSIBLE`)."""
+        return {k: v for k, v in self.to_dict().items() if k not in EXTENSIBLE}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def _check_output(config: TrainConfig, output: Path) -> None:
+    """Refuse a run folder that belongs to a different run; store the config in a new one."""
+    stored = output / CONFIG_FILE
+    if stored.is_file():
+        previous = TrainConfig.from_dict(json.loads(stored.read_text())).identity()
+        changed = sorted(k for k, v in config.identity().items() if json.loads(json.dumps(v)) != previous.get(k))
+        if changed:
+            raise ValueError(f"{output} holds a different run (settings {changed} differ); "
+                             "choose a new --output or delete it")
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stored, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def _read_log(output: Path, until: int) -> list[dict[str, Any]]:
+    """Log records up to update ``until`` (later ones belong to work lost with an interruption)."""
+    file = output / LOG_FILE
+    if not file.is_file():
+        return []
+    records = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+    return [r for r in records if r["step"] <= until]
+
+
+def _save_checkpoint(output: Path, step: int, learner: Learner, generator: torch.Generator) -> None:
+    state = {"step": step, "learner": learner.state_dict(), "optimizer": learner.optimizer.state_dict(),
+             "generator": generator.get_state()}
+    with atomic_path(output / CHECKPOINT_FILE) as tmp:
+        torch.save(state, tmp)
+
+
+def _restore(output: Path, learner: Learner, generator: torch.Generator) -> int:
+    """Load the checkpoint into ``learner`` and ``generator``; the update count it was taken at."""
+    file = output / CHECKPOINT_FILE
+    if not file.is_file():
+        return 0
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    learner.load_state_dict(state["learner"])
+    learner.optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    return int(state["step"])
+
+
+def load_data(config: TrainConfig) -> tuple[OfflineData, Any]:
+    """The run's batches source and its instruction encoder."""
+    names = [*config.datasets, *config.imagined]
+    transitions = load_transitions(names)
+    encoder = make_encoder(config.encoder)
+    imagined_sources = range(len(config.datasets), len(names))
+    data = OfflineData(transitions, imagined_sources, encoder, config.real_fraction, config.reward_scale)
+    return data, encoder
+
+
+def train_policy(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
+    """Train (or resume, or extend) the run ``config.output``; returns its summary.
+
+    The summary holds the config, the number of transitions per source, the last logged losses,
+    updates per second of this call and the wall time.
+    """
+    config.validate()
+    output = Path(config.output)
+    data, encoder = load_data(config)  # bad datasets are refused before anything is written
+    _check_output(config, output)
+    torch.manual_seed(config.seed)
+    learner = make_learner(config.algorithm, data.input_dim, config.params)
+    learner.make_optimizer()
+    generator = torch.Generator().manual_seed(config.seed)
+    start = _restore(output, learner, generator)
+    if start > config.updates:
+        raise ValueError(f"{output} already holds {start} updates, more than --updates {config.updates}")
+    records = _read_log(output, start)
+    atomic_write_text(output / LOG_FILE, "".join(json.dumps(r) + "\n" for r in records))
+
+    began = time.perf_counter()
+    sums: dict[str, torch.Tensor] = {}
+    since = start
+    bar = tqdm(total=config.updates, initial=start, disable=not progress, desc=f"kalm train {config.algorithm}",
+               unit="upd", mininterval=1.0)
+    learner.train()
+    with open(output / LOG_FILE, "a") as log:
+        for step in range(start + 1, config.updates + 1):
+            for key, value in learner.update(data.sample(config.batch_size, generator)).items():
+                sums[key] = sums[key] + value if key in sums else value.clone()
+            if step % config.log_every == 0 or step == config.updates:
+                record = {"step": step, **{k: float(v) / (step - since) for k, v in sums.items()}}
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                records.append(record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+                sums, since = {}, step
+            if step % config.checkpoint_every == 0 or step == config.updates:
+                _save_checkpoint(output, step, learner, generator)
+            bar.update(1)
+    bar.close()
+    elapsed = time.perf_counter() - began
+    save_policy(output, learner, encoder, temperature=config.temperature)
+    summary = {
+        "config": config.to_dict(),
+        "output": str(output),
+        "policy": str(output / POLICY_FILE),
+        "transitions": {"real": len(data.real_rows), "imagined": len(data.imagined_rows)},
+        "resumed_from": start,
+        "updates_run": config.updates - start,
+        "updates_per_s": (config.updates - start) / elapsed if elapsed > 0 and config.updates > start else None,
+        "seconds": elapsed,
+        "last_log": records[-1] if records else None,
+    }
+    atomic_write_text(output / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return summary

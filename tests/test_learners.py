@@ -1,0 +1,204 @@
+"""Offline learners (kalm_rl): data mixing, discounting, learning, checkpoints and bad input."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kalm.cli import main as kalm_main
+from kalm.commands.train import parse_ratio
+from kalm_envs.loader import load_transitions
+from kalm_envs.minari_io import write_dataset
+from kalm_envs.oracle import oracle_episodes
+from kalm_envs.registration import ENV_IDS
+from kalm_envs.text_encoders import HashedNgramEncoder
+from kalm_rl.data import OfflineData
+from kalm_rl.evaluation import RandomPolicy, evaluate_policy
+from kalm_rl.learners import LEARNERS, make_learner
+from kalm_rl.networks import td_target
+from kalm_rl.policy import LearnerPolicy, load_policy, save_policy
+from kalm_rl.trainer import CHECKPOINT_FILE, LOG_FILE, TrainConfig, train_policy
+from tests.helpers import temporary_minari_root, write_cartpole_dataset
+
+REAL = "kalm/test/real-v0"
+IMAGINED = "kalm/test/imagined-v0"
+NOISY = "kalm/test/noisy-v0"
+OTHER = "other/cartpole/test-v0"
+REPO = Path(__file__).resolve().parents[1]
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory):
+    """A Minari root with oracle episodes on train goals (the "real" data), a few oracle episodes
+    on hard goals (standing in for imagined data), random-policy episodes (most end in a
+    time-limit truncation) and a CartPole dataset."""
+    path = tmp_path_factory.mktemp("minari")
+    with temporary_minari_root(path):
+        real = oracle_episodes("train", range(1000), epsilon=0.1, workers=2)
+        write_dataset(REAL, real, ENV_IDS["train"], "oracle train", {}, (0.0, 1.0), "oracle")
+        imagined = oracle_episodes("hard", range(10**6, 10**6 + 20), epsilon=0.1)
+        write_dataset(IMAGINED, imagined, ENV_IDS["hard"], "stand-in", {}, (0.0, 1.0), "oracle")
+        noisy = oracle_episodes("train", range(20), epsilon=1.0)
+        write_dataset(NOISY, noisy, ENV_IDS["train"], "random", {}, (0.0, 1.0), "random")
+        write_cartpole_dataset(OTHER)
+        yield path
+
+
+def test_td_target_bootstraps_through_truncations_only():
+    rewards = torch.tensor([1.0, 0.5, 0.5])
+    terminals = torch.tensor([1.0, 0.0, 0.0])  # a termination, a truncation, an ordinary step
+    next_values = torch.tensor([10.0, 2.0, 4.0])
+    expected = torch.tensor([1.0, 0.5 + 0.9 * 2.0, 0.5 + 0.9 * 4.0])
+    assert torch.allclose(td_target(rewards, terminals, next_values, 0.9), expected)
+
+
+def test_terminal_flags_are_terminations_not_truncations(root):
+    with temporary_minari_root(root):
+        transitions = load_transitions(NOISY)
+    assert transitions.truncations.any() and transitions.terminations.any()
+    data = OfflineData(transitions, [], HashedNgramEncoder())
+    assert torch.equal(data.terminals.bool(), torch.as_tensor(transitions.terminations))
+    assert not data.terminals[torch.as_tensor(transitions.truncations)].any()
+
+
+@pytest.mark.parametrize("fraction, real_rows", [(0.5, 128), (0.75, 192)])
+def test_batches_mix_real_and_imagined_as_asked(root, fraction, real_rows):
+    with temporary_minari_root(root):
+        transitions = load_transitions([REAL, IMAGINED])
+    data = OfflineData(transitions, [1], HashedNgramEncoder(), real_fraction=fraction)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        batch = data.sample(256, generator)
+        assert int((batch.sources == 0).sum()) == real_rows
+        assert int((batch.sources == 1).sum()) == 256 - real_rows
+    # far fewer imagined transitions than real ones, yet they fill their share of every batch
+    assert len(data.imagined_rows) * 5 < len(data.real_rows)
+
+
+def test_batch_rows_match_the_dataset(root):
+    with temporary_minari_root(root):
+        transitions = load_transitions(REAL)
+    encoder = HashedNgramEncoder()
+    data = OfflineData(transitions, [], encoder, reward_scale=0.5)
+    rows = torch.tensor([0, 7, len(transitions) - 1])
+    batch = data.batch(rows)
+    texts = [transitions.instruction_texts[i] for i in rows]
+    assert np.allclose(batch.inputs[:, 10:].numpy(), encoder.encode(texts))
+    assert np.allclose(batch.next_inputs[:, :10].numpy() / 2.0, transitions.next_observations[rows])
+    assert np.allclose(batch.rewards.numpy(), 0.5 * transitions.rewards[rows])
+
+
+def _train(root: Path, output: Path, algorithm: str, updates: int, **overrides) -> dict:
+    config = TrainConfig(algorithm=algorithm, datasets=[REAL], output=str(output), updates=updates,
+                         log_every=100, checkpoint_every=500, **overrides)
+    with temporary_minari_root(root):
+        return train_policy(config, progress=False)
+
+
+@pytest.mark.parametrize("algorithm", sorted(LEARNERS))
+def test_each_learner_learns_train_goals(root, tmp_path, algorithm):
+    summary = _train(root, tmp_path / algorithm, algorithm, updates=3000)
+    log = [json.loads(line) for line in (tmp_path / algorithm / LOG_FILE).read_text().splitlines()]
+    assert len(log) == 30 and summary["updates_run"] == 3000
+    first, last = log[0]["loss"], np.mean([r["loss"] for r in log[-3:]])
+    assert last < 0.8 * first, (first, last)
+    policy = load_policy(tmp_path / algorithm)
+    learned = evaluate_policy(policy, "train", episodes=100, seed=1).success_rate
+    random = evaluate_policy(RandomPolicy(seed=0), "train", episodes=100, seed=1).success_rate
+    assert learned > random + 0.1, (learned, random)  # about 2 standard errors
+
+
+def test_policy_round_trip_keeps_actions(root, tmp_path):
+    with temporary_minari_root(root):
+        transitions = load_transitions(REAL)
+    data = OfflineData(transitions, [], HashedNgramEncoder())
+    learner = make_learner("bcq", data.input_dim, {"hidden": [32]})
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        learner.update(data.sample(64, generator))
+    save_policy(tmp_path, learner, HashedNgramEncoder(), temperature=0.0)
+    observations = [{"observation": transitions.observations[i], "instruction": transitions.instruction_texts[i]}
+                    for i in range(0, len(transitions), 97)]
+    before = LearnerPolicy(learner, HashedNgramEncoder(), temperature=0.0).act_batch(observations)
+    after = load_policy(tmp_path).act_batch(observations)
+    assert np.array_equal(before, after) and len(set(before.tolist())) > 1
+
+
+def test_resume_after_a_killed_run_matches_an_uninterrupted_one(root, tmp_path):
+    """Kill ``kalm train`` after its first checkpoint; the rerun must end on the same weights."""
+    args = ["--algorithm", "cql", "--datasets", REAL, "--updates", "1500", "--checkpoint-every", "300",
+            "--param", "hidden=[64,64]", "--no-progress"]
+    env = {"MINARI_DATASETS_PATH": str(root), "PATH": "/usr/bin:/bin"}
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "kalm.cli", "train", *args, "--output", str(killed)],
+                               cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (killed / CHECKPOINT_FILE).exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    checkpoint_step = torch.load(killed / CHECKPOINT_FILE, weights_only=True)["step"]
+    assert checkpoint_step < 1500 and not (killed / "policy.pt").exists()
+    with temporary_minari_root(root):
+        assert kalm_main(["train", *args, "--output", str(killed)]) == 0
+        assert kalm_main(["train", *args, "--output", str(tmp_path / "straight")]) == 0
+    resumed = torch.load(killed / "policy.pt", weights_only=True)["state_dict"]
+    straight = torch.load(tmp_path / "straight" / "policy.pt", weights_only=True)["state_dict"]
+    assert resumed.keys() == straight.keys()
+    assert all(torch.equal(resumed[k], straight[k]) for k in resumed)
+    steps = [json.loads(line)["step"] for line in (killed / LOG_FILE).read_text().splitlines()]
+    assert steps == list(range(100, 1501, 100))  # no step logged twice, none missing
+
+
+def test_a_finished_run_is_extended_not_redone(root, tmp_path):
+    first = _train(root, tmp_path / "run", "bc", updates=200)
+    again = _train(root, tmp_path / "run", "bc", updates=200)
+    longer = _train(root, tmp_path / "run", "bc", updates=300)
+    assert (first["updates_run"], again["updates_run"], longer["updates_run"]) == (200, 0, 100)
+    with pytest.raises(ValueError, match="seed"):
+        _train(root, tmp_path / "run", "bc", updates=300, seed=1)
+
+
+def test_bad_configuration_is_refused_with_its_name(root, tmp_path):
+    with pytest.raises(ValueError, match="'dqn'"):
+        _train(root, tmp_path / "a", "dqn", updates=10)
+    with pytest.raises(ValueError, match="'alhpa'"):
+        _train(root, tmp_path / "b", "cql", updates=10, params={"alhpa": 1.0})
+    with pytest.raises(ValueError, match="1.5"):
+        _train(root, tmp_path / "c", "bc", updates=10, imagined=[IMAGINED], real_fraction=1.5)
+    with pytest.raises(ValueError, match=f"{OTHER}.*CartPole"):
+        _train(root, tmp_path / "d", "bc", updates=10, imagined=[OTHER])
+    with pytest.raises(ValueError, match="gamma 1.5"):
+        _train(root, tmp_path / "e", "iql", updates=10, params={"gamma": 1.5})
+    assert not any((tmp_path / name).exists() for name in "abcde")
+    for ratio in ("0:1", "1:0", "-1:1", "a:b", "2"):
+        with pytest.raises(Exception, match=ratio):
+            parse_ratio(ratio)
+    assert parse_ratio("3:1") == 0.75
+
+
+def test_cli_trains_and_evaluates(root, tmp_path, capsys):
+    out = tmp_path / "bc"
+    with temporary_minari_root(root):
+        code = kalm_main(["train", "--algorithm", "bc", "--datasets", REAL, "--imagined", IMAGINED,
+                          "--ratio", "3:1", "--updates", "200", "--output", str(out), "--no-progress", "--json"])
+        assert code == 0
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert summary["config"]["real_fraction"] == 0.75 and summary["transitions"]["imagined"] > 0
+        code = kalm_main(["evaluate", "--policy", str(out), "--levels", "easy", "--episodes", "5",
+                          "--output", str(tmp_path / "eval"), "--json"])
+        assert code == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "bc" in report["methods"] and (tmp_path / "eval" / "evaluation.png").is_file()
+    with temporary_minari_root(root):
+        assert kalm_main(["train", "--algorithm", "sac", "--datasets", REAL, "--output", str(tmp_path / "x")]) == 2
+    assert "'sac'" in capsys.readouterr().err
