@@ -19,7 +19,6 @@ This module never imports torch; matplotlib is imported only to draw the chart.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import zlib
 from collections import defaultdict
@@ -85,31 +84,29 @@ def as_batch_policy(policy: Policy) -> BatchPolicy:
 
 
 class RandomPolicy:
-    """Uniformly random pushes (0..39), reproducible whatever the batching.
+    """Uniformly random pushes (0..39), a fresh draw at every step.
 
-    Each action is drawn from a numpy Generator seeded with ``seed`` and a BLAKE2b digest of the
-    observation (ball centres and instruction), so it depends only on what is observed, like any
-    deterministic policy: results do not change with ``batch_envs`` or the order of episodes.
+    Draws come from one numpy Generator; :func:`evaluate_policy` reseeds it from ``seed``, the
+    level and the evaluation seed (``reseed``), so an evaluation repeats exactly for the same
+    ``batch_envs``. (A policy that depends only on the observation would be a poor stand-in for
+    random: pushing a ball against a wall leaves the observation unchanged, and it would repeat
+    that push until the time limit.)
     """
 
     label = "random"
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = int(seed)
+        self.rng = np.random.default_rng(self.seed)
 
-    def _draw(self, observation: Mapping[str, Any]) -> int:
-        state = np.ascontiguousarray(observation["observation"], dtype=np.float32)
-        digest = hashlib.blake2b(state.tobytes(), digest_size=16)
-        digest.update(str(observation["instruction"]).encode("utf-8"))
-        entropy = np.frombuffer(digest.digest(), dtype=np.uint32)
-        rng = np.random.default_rng([self.seed, *entropy.tolist()])
-        return int(rng.integers(N_ACTIONS))
+    def reseed(self, seed: int) -> None:
+        self.rng = np.random.default_rng([self.seed, int(seed)])
 
     def act_batch(self, observations: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        return np.array([self._draw(o) for o in observations], dtype=np.int64)
+        return self.rng.integers(N_ACTIONS, size=len(observations), dtype=np.int64)
 
     def __call__(self, observation: Mapping[str, Any]) -> int:
-        return self._draw(observation)
+        return int(self.rng.integers(N_ACTIONS))
 
 
 @dataclass

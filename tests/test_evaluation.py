@@ -1,6 +1,7 @@
 """The per-level evaluator, its policy adapters and ``kalm evaluate``."""
 
 import json
+import zlib
 
 import gymnasium as gym
 import numpy as np
@@ -33,10 +34,27 @@ class CountingPolicy:
         return self.policy.act_batch(observations)
 
 
-def test_random_policy_results_are_deterministic_and_independent_of_batching():
-    first = evaluate_policy(RandomPolicy(seed=1), "easy", episodes=20, batch_envs=20)
-    again = evaluate_policy(RandomPolicy(seed=1), "easy", episodes=20, batch_envs=20)
-    rebatched = evaluate_policy(RandomPolicy(seed=1), "easy", episodes=20, batch_envs=7)
+class HashPolicy:
+    """A deterministic policy of the observation alone: a push chosen by a hash of it."""
+
+    def act_batch(self, observations):
+        return np.array([zlib.crc32(o["observation"].tobytes() + o["instruction"].encode()) % 40
+                         for o in observations])
+
+
+def test_random_policy_repeats_for_the_same_seed():
+    policy = RandomPolicy(seed=1)
+    first = evaluate_policy(policy, "train", episodes=20, batch_envs=20)
+    again = evaluate_policy(policy, "train", episodes=20, batch_envs=20)  # reseeded, not continued
+    other = evaluate_policy(RandomPolicy(seed=2), "train", episodes=20, batch_envs=20)
+    np.testing.assert_array_equal(first.lengths, again.lengths)
+    assert not np.array_equal(first.lengths, other.lengths)
+
+
+def test_results_are_deterministic_and_independent_of_batching():
+    first = evaluate_policy(HashPolicy(), "easy", episodes=20, batch_envs=20)
+    again = evaluate_policy(HashPolicy(), "easy", episodes=20, batch_envs=20)
+    rebatched = evaluate_policy(HashPolicy(), "easy", episodes=20, batch_envs=7)
     for other in (again, rebatched):
         np.testing.assert_array_equal(first.successes, other.successes)
         np.testing.assert_array_equal(first.lengths, other.lengths)
@@ -46,17 +64,18 @@ def test_random_policy_results_are_deterministic_and_independent_of_batching():
     assert first.success_rate == pytest.approx(first.successes.mean())
     assert first.mean_length == pytest.approx(first.lengths.mean())
     assert set(first.success_by_family) == {"move"}
-    shifted = evaluate_policy(RandomPolicy(seed=1), "easy", episodes=20, seed=5, batch_envs=20)
+    shifted = evaluate_policy(HashPolicy(), "easy", episodes=20, seed=5, batch_envs=20)
     np.testing.assert_array_equal(shifted.seeds, EVAL_SEED + 5 + np.arange(20))
 
 
 @pytest.mark.parametrize("level", ["train", "hard"])
 def test_lockstep_batches_match_episodes_run_alone(level):
-    policy = CountingPolicy(RandomPolicy(seed=3))
+    policy = CountingPolicy(HashPolicy())
     result = evaluate_policy(policy, level, episodes=12, batch_envs=5)
     assert max(policy.batch_sizes) == 5 and min(policy.batch_sizes) >= 1
     env = gym.make(ENV_IDS[level])
-    alone = [run_episode(env, lambda obs, info: policy.policy(obs), int(s)) for s in result.seeds]
+    alone = [run_episode(env, lambda obs, info: int(policy.policy.act_batch([obs])[0]), int(s))
+             for s in result.seeds]
     np.testing.assert_array_equal(result.successes, [e.success for e in alone])
     np.testing.assert_array_equal(result.lengths, [e.length for e in alone])
     families = {Goal.from_array(e.goal).family for e in alone}
