@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from kalm.commands import datasets, evaluate, ground, imagine, imagine_eval, oracle, train
+from kalm.commands import datasets, evaluate, ground, imagine, imagine_eval, oracle, run, train
 
 COMMANDS = {
     "oracle": oracle,
@@ -21,6 +21,7 @@ COMMANDS = {
     "imagine-eval": imagine_eval,
     "train": train,
     "evaluate": evaluate,
+    "run": run,
 }
 
 

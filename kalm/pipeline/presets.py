@@ -1,0 +1,104 @@
+"""Pipeline presets: every setting of every stage of ``kalm run``, as plain nested dicts.
+
+A preset maps each stage (see :data:`kalm.pipeline.stages.STAGES`) to its settings; ``--set
+stage.key=value`` replaces one of them. Sizes are counts of episodes (per dataset or per level),
+grounding steps (optimizer steps of ``batch_size`` sequences) and learner updates (gradient steps
+of ``batch_size`` transitions).
+
+- ``smoke``: a tiny random LM and tiny data; the whole pipeline in well under 3 minutes on a
+  CPU (the test suite runs it).
+- ``default``: the embedded SmolLM2-135M with LoRA on a CPU, sized to finish in about
+  20 minutes on 2 cores (grounding is most of it: ~2.6 s per step of 8 sequences on 1 thread).
+- ``paper``: the KALM paper's data sizes (10,000 real episodes; 2,000 imagined and oracle
+  episodes per level, the published specs' counts), three seeds; meant for a GPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+SMOKE: dict[str, dict[str, Any]] = {
+    "data": {"real_episodes": 40, "oracle_episodes": 10, "ref_episodes": 2, "workers": 1},
+    "ground": {
+        "base_model": "tiny", "finetune": "full", "lora_rank": 16, "head_hidden": 32, "steps": 30,
+        "batch_size": 6, "lr": 3e-3, "warmup_steps": 5, "eval_every": 10, "checkpoint_every": 10,
+        "val_fraction": 0.1, "held_out": 4, "seed": 0,
+    },
+    "imagine": {"episodes": 8, "batch_size": 16, "ref_episodes": 2, "quality_episodes": 4, "workers": 1},
+    "train": {
+        "algorithms": ["bc"], "seeds": [0], "updates": 300, "batch_size": 128, "real_fraction": 0.5,
+        "encoder": "hashed", "params": {"hidden": [64, 64]}, "checkpoint_every": 100,
+    },
+    "evaluate": {"episodes": 10, "seed": 0},
+}
+
+DEFAULT: dict[str, dict[str, Any]] = {
+    "data": {"real_episodes": 1000, "oracle_episodes": 200, "ref_episodes": 20, "workers": 2},
+    "ground": {
+        "base_model": "smollm2", "finetune": "lora", "lora_rank": 16, "head_hidden": 256, "steps": 150,
+        "batch_size": 8, "lr": 5e-4, "warmup_steps": 10, "eval_every": 75, "checkpoint_every": 25,
+        "val_fraction": 0.03, "held_out": 20, "seed": 0,
+    },
+    "imagine": {"episodes": 50, "batch_size": 25, "ref_episodes": 20, "quality_episodes": 20, "workers": 2},
+    "train": {
+        "algorithms": ["bc", "cql"], "seeds": [0, 1], "updates": 3000, "batch_size": 256, "real_fraction": 0.5,
+        "encoder": "hashed", "params": {}, "checkpoint_every": 500,
+    },
+    "evaluate": {"episodes": 100, "seed": 0},
+}
+
+PAPER: dict[str, dict[str, Any]] = {
+    "data": {"real_episodes": 10_000, "oracle_episodes": 2000, "ref_episodes": 100, "workers": 2},
+    "ground": {
+        "base_model": "smollm2", "finetune": "lora", "lora_rank": 16, "head_hidden": 256, "steps": 10_000,
+        "batch_size": 16, "lr": 2e-4, "warmup_steps": 200, "eval_every": 500, "checkpoint_every": 500,
+        "val_fraction": 0.02, "held_out": 100, "seed": 0,
+    },
+    "imagine": {"episodes": 2000, "batch_size": 64, "ref_episodes": 100, "quality_episodes": 100, "workers": 2},
+    "train": {
+        "algorithms": ["bc", "cql", "iql", "bcq"], "seeds": [0, 1, 2], "updates": 50_000, "batch_size": 256,
+        "real_fraction": 0.5, "encoder": "hashed", "params": {}, "checkpoint_every": 1000,
+    },
+    "evaluate": {"episodes": 200, "seed": 0},
+}
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {"smoke": SMOKE, "default": DEFAULT, "paper": PAPER}
+
+
+def get_preset(name: str) -> dict[str, dict[str, Any]]:
+    """A fresh copy of preset ``name``; ``ValueError`` naming it and the known ones otherwise."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)}")
+    return copy.deepcopy(PRESETS[name])
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """``"stage.key=value"`` -> ``(stage, key, value)``; the value is read as JSON when it can be
+    (``ground.steps=50``, ``train.algorithms=["bc"]``), else kept as a string."""
+    name, sep, value = text.partition("=")
+    stage, dot, key = name.strip().partition(".")
+    if not sep or not dot or not stage or not key:
+        raise ValueError(f"--set {text!r} is not STAGE.KEY=VALUE (e.g. evaluate.episodes=50)")
+    try:
+        return stage, key, json.loads(value)
+    except ValueError:
+        return stage, key, value
+
+
+def apply_override(settings: dict[str, dict[str, Any]], text: str) -> None:
+    """Set one ``stage.key=value`` in ``settings``; ``ValueError`` naming an unknown stage or key,
+    or a value of another type than the preset's (an int where a float is expected is fine)."""
+    stage, key, value = parse_override(text)
+    if stage not in settings:
+        raise ValueError(f"--set {text!r}: unknown stage {stage!r}; stages: {list(settings)}")
+    if key not in settings[stage]:
+        raise ValueError(f"--set {text!r}: stage {stage!r} has no setting {key!r}; "
+                         f"settings: {sorted(settings[stage])}")
+    old = settings[stage][key]
+    same_type = isinstance(value, type(old)) and isinstance(value, bool) == isinstance(old, bool)
+    if not (same_type or (isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool))):
+        raise ValueError(f"--set {text!r}: {stage}.{key} takes a {type(old).__name__} "
+                         f"(preset value {json.dumps(old)}), not {json.dumps(value)}")
+    settings[stage][key] = value

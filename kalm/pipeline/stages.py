@@ -1,0 +1,173 @@
+"""The work of each stage of ``kalm run``: real and oracle data, grounding, imagination, training,
+evaluation.
+
+Each stage is ``work(folder, settings, upstream) -> JSON result`` (see :mod:`kalm.pipeline.cache`)
+and runs with ``MINARI_DATASETS_PATH`` pointing at the run's own Minari root. Datasets get ids in
+a namespace named after the stage folder that made them (``pipeline/data-<hash12>/real-v0``), so
+datasets of other settings never collide. Every piece of work that already exists (a dataset,
+a finished grounding or training run) is kept when an interrupted stage runs again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from kalm.pipeline.cache import StageRecord, StageWork
+from kalm_envs import ENV_IDS
+from kalm_envs.collector import build_dataset
+from kalm_envs.dataset_specs import NAMESPACE, get_spec
+from kalm_envs.minari_io import dataset_dir, read_metadata
+from kalm_gen.imagine_dataset import IMAGINED_LEVELS
+
+REAL_SPEC = f"{NAMESPACE}/real-v0"
+SOURCES = ("real", "real+imagined", "real+oracle")
+"""Training data of each method: real only, plus the imagined datasets, plus the oracle ones."""
+GROUNDING_KEYS = ("finetune", "lora_rank", "head_hidden", "steps", "batch_size", "lr", "warmup_steps",
+                  "eval_every", "checkpoint_every", "val_fraction", "seed")
+TRAIN_KEYS = ("real_fraction", "encoder", "updates", "batch_size", "checkpoint_every")
+
+
+def _dataset_id(folder: Path, name: str) -> str:
+    return f"pipeline/{folder.name}/{name}"
+
+
+def build_data(folder: Path, settings: dict[str, Any], upstream: Mapping[str, StageRecord]) -> dict[str, Any]:
+    """The real dataset (spec ``real-v0``) and the oracle datasets of the imagined levels."""
+    specs = {"real": (REAL_SPEC, settings["real_episodes"])}
+    specs.update({level: (f"{NAMESPACE}/oracle-{level}-v0", settings["oracle_episodes"]) for level in IMAGINED_LEVELS})
+    ids = {}
+    for key, (spec_id, episodes) in specs.items():
+        ids[key] = _dataset_id(folder, spec_id.rsplit("/", 1)[1])
+        if not dataset_dir(ids[key]).exists():
+            build_dataset(replace(get_spec(spec_id), id=ids[key]), episodes=episodes, workers=settings["workers"],
+                          progress=False, ref_episodes=settings["ref_episodes"])
+    return {"real": ids["real"], "real_episodes": settings["real_episodes"],
+            "oracle": {level: ids[level] for level in IMAGINED_LEVELS}}
+
+
+def grounding_config(settings: dict[str, Any], dataset: str, output: Path, base_model: str, episodes: int):
+    """The :class:`~kalm_gen.train.GroundingTrainConfig` of the ground stage: the last
+    ``held_out`` of the real dataset's ``episodes`` are left out (they measure explanation)."""
+    from kalm_gen.train import GroundingTrainConfig
+
+    return GroundingTrainConfig(datasets=[dataset], output=str(output), base_model=base_model,
+                                max_episodes=episodes - settings["held_out"],
+                                **{key: settings[key] for key in GROUNDING_KEYS})
+
+
+def ground(folder: Path, settings: dict[str, Any], upstream: Mapping[str, StageRecord]) -> dict[str, Any]:
+    """Ground the base model (``tiny``: a tiny random LM written into the stage folder) on the
+    real dataset; resumes from the checkpoints in ``folder/grounding``."""
+    from kalm_gen.train import train_grounding
+
+    base_model = settings["base_model"]
+    if base_model == "tiny":
+        from kalm_gen.tiny import make_tiny_lm
+
+        base_model = str(make_tiny_lm(folder / "tiny-lm", seed=settings["seed"]).resolve())
+    data = upstream["data"].result
+    config = grounding_config(settings, data["real"], folder / "grounding", base_model, data["real_episodes"])
+    summary = train_grounding(config, progress=False)
+    return {"model": "grounding/final", "held_out": settings["held_out"],
+            **{key: summary[key] for key in ("steps", "train_losses", "val_losses", "initial_train_losses")}}
+
+
+def imagine(folder: Path, settings: dict[str, Any], upstream: Mapping[str, StageRecord]) -> dict[str, Any]:
+    """Imagined datasets of every imagined level (the tasks of the oracle datasets, episode by
+    episode) and the imagination quality of the grounded model."""
+    from kalm_gen.grounded_lm import GroundedLM
+    from kalm_gen.imagine_dataset import write_imagined_dataset
+    from kalm_gen.quality import held_out_episodes, imagination_quality
+
+    grounded = upstream["ground"]
+    model_dir = grounded.folder / grounded.result["model"]
+    model = GroundedLM.load(model_dir)
+    ids, datasets = {}, {}
+    for level in IMAGINED_LEVELS:
+        ids[level] = _dataset_id(folder, f"imagined-{level}-v0")
+        if not dataset_dir(ids[level]).exists():
+            write_imagined_dataset(model_dir, level, episodes=settings["episodes"], batch_size=settings["batch_size"],
+                                   dataset_id=ids[level], ref_episodes=settings["ref_episodes"],
+                                   workers=settings["workers"], model=model)
+        kalm = read_metadata(ids[level])["kalm"]
+        datasets[level] = {"episodes": kalm["episodes"], "success_rate": kalm["success_rate"],
+                           "invalid": kalm["counts"]["invalid"], "dropped": kalm["counts"]["dropped"]}
+    held_out = grounded.result["held_out"]
+    real = held_out_episodes(upstream["data"].result["real"], held_out) if held_out else None
+    quality = imagination_quality(model, IMAGINED_LEVELS, settings["quality_episodes"],
+                                  batch_size=settings["batch_size"], real_episodes=real)
+    return {"imagined": ids, "datasets": datasets, "quality": quality}
+
+
+def train_config(settings: dict[str, Any], algorithm: str, seed: int, real: str, extra: list[str], output: Path):
+    """The :class:`~kalm_rl.trainer.TrainConfig` of one policy of the train stage."""
+    from kalm_rl.trainer import TrainConfig
+
+    return TrainConfig(algorithm=algorithm, datasets=[real], imagined=extra, params=dict(settings["params"]),
+                       seed=seed, output=str(output), **{key: settings[key] for key in TRAIN_KEYS})
+
+
+def train(folder: Path, settings: dict[str, Any], upstream: Mapping[str, StageRecord]) -> dict[str, Any]:
+    """One policy per algorithm, data source and seed; each resumes from its own checkpoint."""
+    from kalm_rl.trainer import train_policy
+
+    data = upstream["data"].result
+    extra = {"real": [], "real+imagined": list(upstream["imagine"].result["imagined"].values()),
+             "real+oracle": list(data["oracle"].values())}
+    policies: dict[str, list[str]] = {}
+    for algorithm in settings["algorithms"]:
+        for source in SOURCES:
+            for seed in settings["seeds"]:
+                relative = f"policies/{algorithm}/{source}/seed-{seed}"
+                train_policy(train_config(settings, algorithm, seed, data["real"], extra[source], folder / relative),
+                             progress=False)
+                policies.setdefault(f"{algorithm}/{source}", []).append(relative)
+    return {"policies": policies}
+
+
+def evaluate(folder: Path, settings: dict[str, Any], upstream: Mapping[str, StageRecord]) -> dict[str, Any]:
+    """Every policy on every level; the seeds of one algorithm and data source are one method."""
+    from kalm_rl.evaluation import evaluate_policies, write_report
+    from kalm_rl.policy import load_policy
+
+    trained = upstream["train"]
+    groups = {label: [load_policy(trained.folder / relative) for relative in folders]
+              for label, folders in trained.result["policies"].items()}
+    report = evaluate_policies(groups, list(ENV_IDS), settings["episodes"], settings["seed"])
+    write_report(report, folder)
+    return report
+
+
+STAGES: dict[str, tuple[StageWork, tuple[str, ...]]] = {
+    "data": (build_data, ()),
+    "ground": (ground, ("data",)),
+    "imagine": (imagine, ("data", "ground")),
+    "train": (train, ("data", "imagine")),
+    "evaluate": (evaluate, ("train",)),
+}
+"""Each stage's work and the stages it reads from, in the order they run."""
+
+
+def check_settings(settings: Mapping[str, dict[str, Any]]) -> None:
+    """``ValueError`` naming the first bad setting, before any stage runs."""
+    from kalm_rl.learners import learner_class
+
+    for name, value in (("data.real_episodes", settings["data"]["real_episodes"]),
+                        ("data.oracle_episodes", settings["data"]["oracle_episodes"]),
+                        ("imagine.episodes", settings["imagine"]["episodes"]),
+                        ("imagine.quality_episodes", settings["imagine"]["quality_episodes"]),
+                        ("evaluate.episodes", settings["evaluate"]["episodes"])):
+        if value < 1:
+            raise ValueError(f"{name} {value} must be at least 1")
+    held_out = settings["ground"]["held_out"]
+    if not 0 <= held_out < settings["data"]["real_episodes"]:
+        raise ValueError(f"ground.held_out {held_out} must lie in [0, data.real_episodes)")
+    grounding_config(settings["ground"], "data", Path("."), "model", settings["data"]["real_episodes"]).validate()
+    if not settings["train"]["algorithms"] or not settings["train"]["seeds"]:
+        raise ValueError("train.algorithms and train.seeds must not be empty")
+    for algorithm in settings["train"]["algorithms"]:
+        learner_class(algorithm)
+        train_config(settings["train"], algorithm, 0, "real", ["imagined"], Path(".")).validate()
