@@ -10,10 +10,11 @@ alternate ``--repeats`` times; medians are printed with their ratio next to the 
 
 Success: each side trains ``--success-updates`` updates (seed 0) and its greedy policy is
 evaluated on ``--episodes`` train-goal episodes, the same seeded episodes for both (d3rlpy's policy
-comes back as TorchScript through ``save_policy``, which exports the argmax only). Our policy at
-its default sampling temperature is reported beside them.
+comes back as TorchScript through ``save_policy``, which exports the argmax only). Our float32
+policy at its default sampling temperature is reported below them.
 
-Differences we cannot remove: d3rlpy updates its CQL target network by copying it every
+Ours runs twice, in float32 (as d3rlpy) and with ``precision=bfloat16`` (autocast; d3rlpy has no
+such mode); both are printed against d3rlpy. Differences we cannot remove: d3rlpy updates its CQL target network by copying it every
 ``target_update_interval`` updates (set to ``1 / tau`` = 200), ours by Polyak averaging; ours
 multiplies ball coordinates by ``kalm_rl.data.STATE_SCALE`` before the network.
 
@@ -51,6 +52,7 @@ from kalm_rl.policy_adapters import FlatPolicy  # noqa: E402
 from tests.helpers import d3rlpy_python  # noqa: E402
 
 TARGET = 3.0
+PRECISIONS = ("float32", "bfloat16")
 ALGORITHMS = {"bc": "DiscreteBCConfig", "cql": "DiscreteCQLConfig"}
 
 D3RLPY_SCRIPT = """
@@ -94,18 +96,18 @@ def build_dataset(root: Path, episodes: int) -> str:
     return dataset_id
 
 
-def settings(args: argparse.Namespace, algorithm: str) -> dict:
-    """The learner settings both sides share."""
-    params = {"hidden": args.hidden, "lr": args.lr}
+def settings(args: argparse.Namespace, algorithm: str, precision: str) -> dict:
+    """The learner settings both sides share (d3rlpy computes in float32 only)."""
+    params = {"hidden": args.hidden, "lr": args.lr, "precision": precision}
     if algorithm == "cql":
         params.update(gamma=args.gamma, alpha=args.alpha, tau=args.tau)
     return params
 
 
-def ours(data: OfflineData, args: argparse.Namespace, algorithm: str, updates: int):
+def ours(data: OfflineData, args: argparse.Namespace, algorithm: str, updates: int, precision: str = "float32"):
     """Train our learner for ``updates``; returns (updates/s, learner)."""
     torch.manual_seed(0)
-    learner = make_learner(algorithm, data.input_dim, settings(args, algorithm))
+    learner = make_learner(algorithm, data.input_dim, settings(args, algorithm, precision))
     generator = torch.Generator().manual_seed(0)
     learner.update(data.sample(args.batch_size, generator))  # warm-up: allocations, optimizer state
     start = time.perf_counter()
@@ -167,32 +169,33 @@ def main() -> None:
         report: dict = {"dataset": str(dataset), "transitions": len(transitions), "batch_size": args.batch_size,
                         "hidden": args.hidden, "updates_per_run": args.updates, "repeats": args.repeats}
         for algorithm in ALGORITHMS:
-            ours_runs, theirs_runs = [], []
+            runs: dict[str, list[float]] = {"float32": [], "bfloat16": [], "d3rlpy": []}
             for _ in range(args.repeats):
-                ours_runs.append(ours(data, args, algorithm, args.updates)[0])
-                theirs_runs.append(theirs(python, data_file, args, algorithm, args.updates))
-            ours_speed, theirs_speed = statistics.median(ours_runs), statistics.median(theirs_runs)
-            _, learner = ours(data, args, algorithm, args.success_updates)
+                for precision in PRECISIONS:
+                    runs[precision].append(ours(data, args, algorithm, args.updates, precision)[0])
+                runs["d3rlpy"].append(theirs(python, data_file, args, algorithm, args.updates))
+            speed = {side: statistics.median(values) for side, values in runs.items()}
             policy_file = tmp / f"{algorithm}.pt"
             theirs(python, data_file, args, algorithm, args.success_updates, policy=policy_file)
-            ours_greedy = LearnerPolicy(learner, HashedNgramEncoder(), temperature=0.0)
-            ours_success = evaluate_policy(ours_greedy, "train", episodes=args.episodes).success_rate
-            ours_sampling = evaluate_policy(LearnerPolicy(learner, HashedNgramEncoder()), "train",
-                                            episodes=args.episodes).success_rate
-            theirs_success = evaluate_policy(d3rlpy_policy(policy_file), "train", episodes=args.episodes).success_rate
-            report[algorithm] = {
-                "ours_updates_per_s": ours_speed, "d3rlpy_updates_per_s": theirs_speed,
-                "speedup": ours_speed / theirs_speed, "ours_runs": ours_runs, "d3rlpy_runs": theirs_runs,
-                "success_updates": args.success_updates, "ours_train_success": ours_success,
-                "d3rlpy_train_success": theirs_success, "ours_train_success_sampling": ours_sampling,
-            }
-    print(f"{'':6}{'ours upd/s':>12}{'d3rlpy upd/s':>14}{'ratio':>8}{'target':>8}"
-          f"{'ours greedy':>13}{'d3rlpy greedy':>15}{'ours sampling':>15}")
+            success = {"d3rlpy": evaluate_policy(d3rlpy_policy(policy_file), "train", episodes=args.episodes).success_rate}
+            for precision in PRECISIONS:
+                _, learner = ours(data, args, algorithm, args.success_updates, precision)
+                greedy = LearnerPolicy(learner, HashedNgramEncoder(), temperature=0.0)
+                success[precision] = evaluate_policy(greedy, "train", episodes=args.episodes).success_rate
+                if precision == "float32":
+                    sampling = LearnerPolicy(learner, HashedNgramEncoder())
+                    success["float32 sampling"] = evaluate_policy(sampling, "train", episodes=args.episodes).success_rate
+            report[algorithm] = {"updates_per_s": speed, "runs": runs, "train_success": success,
+                                 "speedup": {p: speed[p] / speed["d3rlpy"] for p in PRECISIONS},
+                                 "success_updates": args.success_updates}
+    print(f"{'':5}{'side':>10}{'upd/s':>8}{'vs d3rlpy':>11}{'target':>8}{'greedy success':>16}")
     for algorithm in ALGORITHMS:
         row = report[algorithm]
-        print(f"{algorithm:6}{row['ours_updates_per_s']:>12.0f}{row['d3rlpy_updates_per_s']:>14.0f}"
-              f"{row['speedup']:>7.2f}x{TARGET:>7.1f}x{row['ours_train_success']:>13.1%}"
-              f"{row['d3rlpy_train_success']:>15.1%}{row['ours_train_success_sampling']:>15.1%}")
+        for side in (*PRECISIONS, "d3rlpy"):
+            ratio = f"{row['speedup'][side]:.2f}x" if side in PRECISIONS else "1.00x"
+            print(f"{algorithm:5}{side:>10}{row['updates_per_s'][side]:>8.0f}{ratio:>11}{TARGET:>7.1f}x"
+                  f"{row['train_success'][side]:>16.1%}")
+        print(f"{algorithm:5}{'float32, sampling':>29}{'':>8}{row['train_success']['float32 sampling']:>16.1%}")
     print(f"medians of {args.repeats} alternating runs of {args.updates} updates; success after "
           f"{args.success_updates} updates on {args.episodes} train-goal episodes")
     if args.json:

@@ -117,6 +117,23 @@ def test_each_learner_learns_train_goals(root, tmp_path, algorithm):
     assert learned > random + 0.1, (learned, random)  # about 2 standard errors
 
 
+@pytest.mark.parametrize("algorithm", ["bc", "cql"])
+def test_bfloat16_updates_learn_like_float32(root, algorithm):
+    with temporary_minari_root(root):
+        data = OfflineData(load_transitions(REAL), [], HashedNgramEncoder())
+    losses = {}
+    for precision in ("float32", "bfloat16"):
+        torch.manual_seed(0)
+        learner = make_learner(algorithm, data.input_dim, {"hidden": [64, 64], "precision": precision})
+        generator = torch.Generator().manual_seed(0)
+        logs = [float(learner.update(data.sample(128, generator))["loss"]) for _ in range(300)]
+        losses[precision] = (np.mean(logs[:20]), np.mean(logs[-20:]))
+        assert all(p.dtype == torch.float32 for p in learner.parameters())  # master weights stay float32
+    for first, last in losses.values():
+        assert last < 0.9 * first, losses
+    assert losses["bfloat16"][1] == pytest.approx(losses["float32"][1], rel=0.1), losses
+
+
 def test_policy_round_trip_keeps_actions(root, tmp_path):
     with temporary_minari_root(root):
         transitions = load_transitions(REAL)
@@ -177,9 +194,11 @@ def test_bad_configuration_is_refused_with_its_name(root, tmp_path):
         _train(root, tmp_path / "c", "bc", updates=10, imagined=[IMAGINED], real_fraction=1.5)
     with pytest.raises(ValueError, match=f"{OTHER}.*CartPole"):
         _train(root, tmp_path / "d", "bc", updates=10, imagined=[OTHER])
+    with pytest.raises(ValueError, match="'fp8'"):
+        _train(root, tmp_path / "f", "bc", updates=10, params={"precision": "fp8"})
     with pytest.raises(ValueError, match="gamma 1.5"):
         _train(root, tmp_path / "e", "iql", updates=10, params={"gamma": 1.5})
-    assert not any((tmp_path / name).exists() for name in "abcde")
+    assert not any((tmp_path / name).exists() for name in "abcdef")
     for ratio in ("0:1", "1:0", "-1:1", "a:b", "2"):
         with pytest.raises(Exception, match=ratio):
             parse_ratio(ratio)
