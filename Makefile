@@ -22,14 +22,17 @@ $(STAMP): pyproject.toml Makefile
 test: setup
 	$(BIN)/python -m pytest -q
 
-# The main job for now: the scripted oracle on every goal level, a success table and a frame.
+# The main job: the whole KALM pipeline on the embedded SmolLM2 (preset default, about 15 minutes on
+# 2 CPU cores): real data, grounding, imagination, learners, evaluation; prints the success table
+# and writes runs/demo/report.md. A rerun reuses every finished stage.
 demo: setup
-	$(BIN)/kalm oracle --level all --episodes 100 --workers 2 --frame runs/demo/oracle_frames.png
+	$(BIN)/kalm run --preset default --name demo
 
 bench: setup
 	$(BIN)/python benchmarks/env_speed.py
 	$(BIN)/python benchmarks/dataset_io.py
 	$(BIN)/python benchmarks/dataset_build.py
+	$(BIN)/python benchmarks/learner_speed.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
