@@ -7,9 +7,9 @@ run is resumed; a finished run is extended when ``--updates`` grows.
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
+from kalm.assignments import parse_assignment
 from kalm.commands import add_json_flag
 
 HELP = "train an offline learner (bc, cql, iql, bcq) on real and imagined Minari datasets"
@@ -29,13 +29,10 @@ def parse_ratio(text: str) -> float:
 
 def parse_param(text: str) -> tuple[str, Any]:
     """``name=value``; the value is read as JSON when it can be (``alpha=0.5``, ``hidden=[64,64]``)."""
-    name, sep, value = text.partition("=")
-    if not sep or not name:
+    assignment = parse_assignment(text)
+    if assignment is None:
         raise argparse.ArgumentTypeError(f"setting {text!r} is not NAME=VALUE")
-    try:
-        return name.strip(), json.loads(value)
-    except ValueError:
-        return name.strip(), value
+    return assignment
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -19,6 +19,8 @@ import copy
 import json
 from typing import Any
 
+from kalm.assignments import parse_assignment
+
 SMOKE: dict[str, dict[str, Any]] = {
     "data": {"real_episodes": 40, "oracle_episodes": 10, "ref_episodes": 2, "workers": 1},
     "ground": {
@@ -77,14 +79,11 @@ def get_preset(name: str) -> dict[str, dict[str, Any]]:
 def parse_override(text: str) -> tuple[str, str, Any]:
     """``"stage.key=value"`` -> ``(stage, key, value)``; the value is read as JSON when it can be
     (``ground.steps=50``, ``train.algorithms=["bc"]``), else kept as a string."""
-    name, sep, value = text.partition("=")
-    stage, dot, key = name.strip().partition(".")
-    if not sep or not dot or not stage or not key:
+    name, value = parse_assignment(text) or ("", None)
+    stage, dot, key = name.partition(".")
+    if not dot or not stage or not key:
         raise ValueError(f"--set {text!r} is not STAGE.KEY=VALUE (e.g. evaluate.episodes=50)")
-    try:
-        return stage, key, json.loads(value)
-    except ValueError:
-        return stage, key, value
+    return stage, key, value
 
 
 def apply_override(settings: dict[str, dict[str, Any]], text: str) -> None:

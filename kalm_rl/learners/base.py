@@ -27,8 +27,8 @@ PRECISIONS = ("float32", "bfloat16")
 class LearnerConfig:
     """Settings every learner has. ``hidden``: widths of the hidden layers of each network.
     ``precision``: ``bfloat16`` computes the losses under autocast (weights, optimiser state and
-    acting stay float32); about 2.4x faster on CPUs with AVX-512 BF16 or AMX, at 3 significant
-    digits per matmul output."""
+    acting stay float32); faster on CPUs with AVX-512 BF16 or AMX (``benchmarks/learner_speed.py``
+    prints both), at 3 significant digits per matmul output."""
 
     hidden: tuple[int, ...] = (256, 256)
     lr: float = 3e-4
