@@ -8,10 +8,16 @@ runs in a child process that times its own ``fit`` loop; ours times
 ``learner.update(data.sample(...))``. Both timings leave out loading and building. The two sides
 alternate ``--repeats`` times; medians are printed with their ratio next to the 3x target.
 
-Success: each side trains ``--success-updates`` updates (seed 0) and its greedy policy is
-evaluated on ``--episodes`` train-goal episodes, the same seeded episodes for both (d3rlpy's policy
-comes back as TorchScript through ``save_policy``, which exports the argmax only). Our float32
-policy at its default sampling temperature is reported below them.
+Success: each side trains ``--success-updates`` updates for each of ``--seeds`` seeds and its
+greedy policy is evaluated on ``--episodes`` train-goal episodes, the same seeded episodes for both
+(d3rlpy's policy comes back as TorchScript through ``save_policy``, which exports the argmax only);
+mean and standard error over seeds. Our float32 policy at its default sampling temperature (what
+``kalm train`` ships) is reported below them.
+
+Ceiling: the time our float32 update spends in its matrix products (``aten::addmm`` and
+``aten::mm`` under ``torch.profiler``, which run near this core's peak FLOP rate) bounds what a
+float32 update of the same network and batch can reach even with no other cost:
+``ceiling = d3rlpy's seconds per update / our matrix-product seconds per update``.
 
 Ours runs twice, in float32 (as d3rlpy) and with ``precision=bfloat16`` (autocast; d3rlpy has no
 such mode); both are printed against d3rlpy. Differences we cannot remove: d3rlpy updates its CQL target network by copying it every
@@ -19,7 +25,7 @@ such mode); both are printed against d3rlpy. Differences we cannot remove: d3rlp
 multiplies ball coordinates by ``kalm_rl.data.STATE_SCALE`` before the network.
 
 Usage: ``python benchmarks/learner_speed.py [--dataset ID] [--updates N] [--repeats R]
-[--success-updates N] [--episodes E] [--json]``; without ``--dataset`` a 300-episode oracle dataset
+[--success-updates N] [--seeds S] [--episodes E] [--json]``; without ``--dataset`` a 300-episode oracle dataset
 is built in a temporary Minari root (about 30 s).
 """
 
@@ -45,7 +51,7 @@ from kalm_envs.adapters import to_d3rlpy_arrays  # noqa: E402
 from kalm_envs.loader import load_transitions  # noqa: E402
 from kalm_envs.text_encoders import HashedNgramEncoder  # noqa: E402
 from kalm_rl.data import OfflineData  # noqa: E402
-from kalm_rl.evaluation import evaluate_policy  # noqa: E402
+from kalm_rl.evaluation import evaluate_policies  # noqa: E402
 from kalm_rl.learners import make_learner  # noqa: E402
 from kalm_rl.policy import LearnerPolicy  # noqa: E402
 from kalm_rl.policy_adapters import FlatPolicy  # noqa: E402
@@ -104,11 +110,12 @@ def settings(args: argparse.Namespace, algorithm: str, precision: str) -> dict:
     return params
 
 
-def ours(data: OfflineData, args: argparse.Namespace, algorithm: str, updates: int, precision: str = "float32"):
+def ours(data: OfflineData, args: argparse.Namespace, algorithm: str, updates: int, precision: str = "float32",
+         seed: int = 0):
     """Train our learner for ``updates``; returns (updates/s, learner)."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     learner = make_learner(algorithm, data.input_dim, settings(args, algorithm, precision))
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     learner.update(data.sample(args.batch_size, generator))  # warm-up: allocations, optimizer state
     start = time.perf_counter()
     for _ in range(updates):
@@ -117,15 +124,45 @@ def ours(data: OfflineData, args: argparse.Namespace, algorithm: str, updates: i
 
 
 def theirs(python: Path, data_file: Path, args: argparse.Namespace, algorithm: str, updates: int,
-           policy: Path | None = None) -> float:
+           policy: Path | None = None, seed: int = 0) -> float:
     """Train d3rlpy's learner for ``updates`` in its venv; returns its updates/s."""
-    spec = {"data": str(data_file), "algorithm": algorithm, "updates": updates, "seed": 0,
+    spec = {"data": str(data_file), "algorithm": algorithm, "updates": updates, "seed": seed,
             "hidden": args.hidden, "batch_size": args.batch_size, "lr": args.lr, "gamma": args.gamma,
             "alpha": args.alpha, "reward_scale": args.reward_scale,
             "target_update_interval": round(1 / args.tau), "policy": str(policy) if policy else None}
     out = subprocess.run([str(python), "-c", D3RLPY_SCRIPT, json.dumps(spec)], check=True,
                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     return json.loads(out.stdout.strip().splitlines()[-1])["updates_per_s"]
+
+
+def matrix_product_seconds(data: OfflineData, args: argparse.Namespace, algorithm: str, updates: int = 50) -> float:
+    """Seconds per float32 update of ours spent in matrix products (profiled)."""
+    _, learner = ours(data, args, algorithm, 1)
+    generator = torch.Generator().manual_seed(1)
+    batches = [data.sample(args.batch_size, generator) for _ in range(updates)]
+    with torch.profiler.profile() as profiler:
+        for batch in batches:
+            learner.update(batch)
+    micros = sum(e.self_cpu_time_total for e in profiler.key_averages() if e.key in ("aten::addmm", "aten::mm"))
+    return micros / 1e6 / updates
+
+
+def train_success(data: OfflineData, data_file: Path, python: Path, args: argparse.Namespace, algorithm: str,
+                  folder: Path) -> dict:
+    """Greedy train-goal success of each side (and our sampling policy) over ``args.seeds`` seeds."""
+    groups: dict[str, list] = {"d3rlpy": [], **{p: [] for p in PRECISIONS}, "float32 sampling": []}
+    for seed in range(args.seeds):
+        policy_file = folder / f"{algorithm}-{seed}.pt"
+        theirs(python, data_file, args, algorithm, args.success_updates, policy=policy_file, seed=seed)
+        groups["d3rlpy"].append(d3rlpy_policy(policy_file))
+        for precision in PRECISIONS:
+            _, learner = ours(data, args, algorithm, args.success_updates, precision, seed)
+            groups[precision].append(LearnerPolicy(learner, HashedNgramEncoder(), temperature=0.0))
+            if precision == "float32":
+                groups["float32 sampling"].append(LearnerPolicy(learner, HashedNgramEncoder()))
+    report = evaluate_policies(groups, "train", episodes=args.episodes)
+    return {side: {k: row["train"][k] for k in ("success_rate", "stderr", "per_policy")}
+            for side, row in report["methods"].items()}
 
 
 def d3rlpy_policy(file: Path) -> FlatPolicy:
@@ -139,6 +176,10 @@ def d3rlpy_policy(file: Path) -> FlatPolicy:
     return FlatPolicy(predict, HashedNgramEncoder(), "d3rlpy")
 
 
+def percent(success: dict) -> str:
+    return f"{100 * success['success_rate']:.1f} ± {100 * success['stderr']:.1f}%"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", help="dataset id or folder (default: build a small one)")
@@ -146,6 +187,7 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=300, help="updates per timed run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--success-updates", type=int, default=5000)
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds per side for success")
     parser.add_argument("--episodes", type=int, default=200, help="train-goal episodes per policy")
     parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
     parser.add_argument("--batch-size", type=int, default=256)
@@ -175,29 +217,28 @@ def main() -> None:
                     runs[precision].append(ours(data, args, algorithm, args.updates, precision)[0])
                 runs["d3rlpy"].append(theirs(python, data_file, args, algorithm, args.updates))
             speed = {side: statistics.median(values) for side, values in runs.items()}
-            policy_file = tmp / f"{algorithm}.pt"
-            theirs(python, data_file, args, algorithm, args.success_updates, policy=policy_file)
-            success = {"d3rlpy": evaluate_policy(d3rlpy_policy(policy_file), "train", episodes=args.episodes).success_rate}
-            for precision in PRECISIONS:
-                _, learner = ours(data, args, algorithm, args.success_updates, precision)
-                greedy = LearnerPolicy(learner, HashedNgramEncoder(), temperature=0.0)
-                success[precision] = evaluate_policy(greedy, "train", episodes=args.episodes).success_rate
-                if precision == "float32":
-                    sampling = LearnerPolicy(learner, HashedNgramEncoder())
-                    success["float32 sampling"] = evaluate_policy(sampling, "train", episodes=args.episodes).success_rate
-            report[algorithm] = {"updates_per_s": speed, "runs": runs, "train_success": success,
-                                 "speedup": {p: speed[p] / speed["d3rlpy"] for p in PRECISIONS},
-                                 "success_updates": args.success_updates}
-    print(f"{'':5}{'side':>10}{'upd/s':>8}{'vs d3rlpy':>11}{'target':>8}{'greedy success':>16}")
+            speedup = {p: speed[p] / speed["d3rlpy"] for p in PRECISIONS}
+            products = matrix_product_seconds(data, args, algorithm)
+            report[algorithm] = {"updates_per_s": speed, "runs": runs, "speedup": speedup,
+                                 "matrix_product_ms": 1e3 * products,
+                                 "float32_ceiling": 1 / speed["d3rlpy"] / products,
+                                 "train_success": train_success(data, data_file, python, args, algorithm, tmp),
+                                 "success_updates": args.success_updates, "seeds": args.seeds}
+    print(f"{'':5}{'side':>10}{'upd/s':>8}{'vs d3rlpy':>11}{'target':>8}{'greedy success':>20}")
     for algorithm in ALGORITHMS:
         row = report[algorithm]
+        success = row["train_success"]
         for side in (*PRECISIONS, "d3rlpy"):
             ratio = f"{row['speedup'][side]:.2f}x" if side in PRECISIONS else "1.00x"
             print(f"{algorithm:5}{side:>10}{row['updates_per_s'][side]:>8.0f}{ratio:>11}{TARGET:>7.1f}x"
-                  f"{row['train_success'][side]:>16.1%}")
-        print(f"{algorithm:5}{'float32, sampling':>29}{'':>8}{row['train_success']['float32 sampling']:>16.1%}")
+                  f"{percent(success[side]):>20}")
+        print(f"{algorithm:5}{'float32, sampling':>29}{'':>8}{percent(success['float32 sampling']):>20}")
+        print(f"{algorithm:5} float32 matrix products take {row['matrix_product_ms']:.2f} ms of the "
+              f"{1e3 / row['updates_per_s']['float32']:.2f} ms update: with nothing else, float32 would reach "
+              f"{row['float32_ceiling']:.2f}x")
     print(f"medians of {args.repeats} alternating runs of {args.updates} updates; success after "
-          f"{args.success_updates} updates on {args.episodes} train-goal episodes")
+          f"{args.success_updates} updates, mean ± stderr over {args.seeds} seeds, {args.episodes} "
+          "train-goal episodes each")
     if args.json:
         print(json.dumps(report, sort_keys=True))
 

@@ -7,6 +7,7 @@ and gathered per batch, so the dataset holds ``N x 10`` states, not ``N x (10 + 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -90,9 +91,19 @@ class OfflineData:
         self.rewards = torch.as_tensor(transitions.rewards * reward_scale, dtype=torch.float32)
         self.terminals = torch.as_tensor(transitions.terminations, dtype=torch.float32)
         self.text_ids = torch.as_tensor(transitions.instruction_ids.astype(np.int64))
+        self.episode_ids = torch.as_tensor(transitions.episode_ids.astype(np.int64))
         self.embeddings = torch.as_tensor(encoder.encode(transitions.instructions), dtype=torch.float32)
         self.sources = sources
         self.input_dim = self.states.shape[1] + self.embeddings.shape[1]
+        self.device = torch.device("cpu")
+
+    def to(self, device: torch.device) -> OfflineData:
+        """Move the per-row tensors to ``device`` (in place; returns self). Rows are still drawn on
+        the CPU with the caller's generator, so a seed gives the same batches on every device."""
+        for name in ("states", "next_states", "actions", "rewards", "terminals", "text_ids", "embeddings", "sources"):
+            setattr(self, name, getattr(self, name).to(device))
+        self.device = torch.device(device)
+        return self
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -110,8 +121,40 @@ class OfflineData:
             rows = torch.cat([rows, self.imagined_rows[picks]])
         return self.batch(rows)
 
+    def split_episodes(self, fraction: float, seed: int) -> tuple[OfflineData, OfflineData]:
+        """``(train, held_out)``: a ``fraction`` of the real episodes and of the imagined ones, drawn
+        with ``seed``, move to ``held_out``; every transition of an episode stays on one side.
+
+        Both share this data's tensors and differ only in the rows they sample. A group with fewer
+        than two episodes keeps them all for training.
+
+        Raises:
+            ValueError: ``fraction`` outside ``(0, 1)``.
+        """
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"validation fraction {fraction} must lie strictly between 0 and 1")
+        generator = torch.Generator().manual_seed(seed)
+        held_out = torch.zeros(len(self), dtype=torch.bool)
+        for rows in (self.real_rows, self.imagined_rows):
+            episodes = torch.unique(self.episode_ids[rows])
+            count = min(max(1, round(fraction * len(episodes))), len(episodes) - 1)
+            if count > 0:
+                picked = episodes[torch.randperm(len(episodes), generator=generator)[:count]]
+                held_out[rows] = torch.isin(self.episode_ids[rows], picked)
+        return self._restricted_to(~held_out), self._restricted_to(held_out)
+
+    def _restricted_to(self, keep: torch.Tensor) -> OfflineData:
+        """A shallow copy that samples only the rows where ``keep`` (``(N,)`` bool) is set."""
+        view = copy.copy(self)
+        view.real_rows = self.real_rows[keep[self.real_rows]]
+        view.imagined_rows = self.imagined_rows[keep[self.imagined_rows]]
+        if len(view.imagined_rows) == 0:
+            view.real_fraction = 1.0
+        return view
+
     def batch(self, rows: torch.Tensor) -> Batch:
-        """The transitions at ``rows`` (``(B,)`` int64)."""
+        """The transitions at ``rows`` (``(B,)`` int64), on this data's device."""
+        rows = rows.to(self.device)
         return Batch(
             states=self.states[rows],
             next_states=self.next_states[rows],

@@ -6,7 +6,15 @@ A run folder holds:
   (only :data:`EXTENSIBLE` settings may change, so a finished run can be extended);
 - ``checkpoint.pt``: learner, optimiser and sampler state at the last checkpoint (atomic);
 - ``log.jsonl``: one JSON line per ``log_every`` updates with the mean of each logged figure;
+- ``best-val_loss.pt``, ``best-val_agreement.pt``: the learner's weights at the lowest validation
+  loss and at the highest validation agreement so far (runs with a validation fraction);
 - ``policy.pt`` (see :mod:`kalm_rl.policy`) and ``summary.json``, written when training ends.
+
+With ``validation_fraction`` > 0 that share of the episodes (of the real datasets and, separately,
+of the imagined ones) is held out of training; every ``log_every`` updates the learner's figures on
+a fixed sample of them join the log as ``val_<name>`` (``val_loss``, ``val_agreement``, ...).
+``select`` picks the weights that become the policy; it may change on a rerun, which re-saves the
+policy without training again.
 
 An interrupted run resumes from its checkpoint and then follows the same trajectory as an
 uninterrupted one: same batches, same weights.
@@ -26,12 +34,18 @@ from tqdm import tqdm
 from kalm_envs.atomic import atomic_path, atomic_write_text
 from kalm_envs.loader import load_transitions
 from kalm_envs.text_encoders import ENCODER_NAMES, make_encoder
-from kalm_rl.data import OfflineData
+from kalm_rl.data import Batch, OfflineData
+from kalm_rl.devices import resolve_device
 from kalm_rl.learners import Learner, learner_class, make_learner
 from kalm_rl.policy import POLICY_FILE, save_policy
 
 CONFIG_FILE, CHECKPOINT_FILE, LOG_FILE, SUMMARY_FILE = "config.json", "checkpoint.pt", "log.jsonl", "summary.json"
-EXTENSIBLE = ("updates", "checkpoint_every", "log_every", "temperature")
+SELECT_SIGNS = {"val_loss": 1.0, "val_agreement": -1.0}
+"""Validation figures a run may select its policy by, with the sign that makes smaller better."""
+SELECTIONS = ("last", *SELECT_SIGNS)
+VALIDATION_ROWS = 2048
+"""Held-out transitions scored at each log step (a fixed sample, drawn once per run)."""
+EXTENSIBLE = ("updates", "checkpoint_every", "log_every", "temperature", "select", "device")
 """Settings a rerun may change without starting over."""
 
 
@@ -50,6 +64,11 @@ class TrainConfig:
         reward_scale: rewards are multiplied by this (the success step's 100 becomes 1).
         output: the run folder.
         temperature: acting temperature saved with the policy (None: the algorithm's default).
+        validation_fraction: share of episodes held out for validation figures (0: none).
+        select: which weights become the policy: ``last``, or those at the lowest ``val_loss`` or
+            the highest ``val_agreement`` seen at a log step (needs ``validation_fraction`` > 0).
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (see :func:`kalm_rl.devices.resolve_device`);
+            batches are drawn on the CPU either way, and the saved policy acts on the CPU.
     """
 
     algorithm: str
@@ -66,6 +85,9 @@ class TrainConfig:
     checkpoint_every: int = 1_000
     log_every: int = 100
     temperature: float | None = None
+    validation_fraction: float = 0.0
+    select: str = "last"
+    device: str = "cpu"
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad setting."""
@@ -83,6 +105,13 @@ class TrainConfig:
             raise ValueError(f"reward scale {self.reward_scale} must be positive")
         if self.temperature is not None and self.temperature < 0:
             raise ValueError(f"temperature {self.temperature} must not be negative")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(f"validation fraction {self.validation_fraction} must lie in [0, 1)")
+        if self.select not in SELECTIONS:
+            raise ValueError(f"unknown selection {self.select!r}; choose from {list(SELECTIONS)}")
+        if self.select != "last" and self.validation_fraction == 0:
+            raise ValueError(f"select {self.select!r} needs a validation fraction above 0")
+        resolve_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,23 +148,50 @@ def _read_log(output: Path, until: int) -> list[dict[str, Any]]:
     return [r for r in records if r["step"] <= until]
 
 
-def _save_checkpoint(output: Path, step: int, learner: Learner, generator: torch.Generator) -> None:
+def best_file(output: Path, figure: str) -> Path:
+    """Where the weights at the best ``figure`` (a key of :data:`SELECT_SIGNS`) are kept."""
+    return output / f"best-{figure}.pt"
+
+
+@dataclass
+class _Best:
+    """The best value of one validation figure seen so far (``step`` 0: none yet)."""
+
+    step: int = 0
+    value: float = float("inf")  # the figure times its SELECT_SIGNS sign
+
+
+def _save_checkpoint(output: Path, step: int, learner: Learner, generator: torch.Generator,
+                     best: dict[str, _Best]) -> None:
     state = {"step": step, "learner": learner.state_dict(), "optimizer": learner.optimizer.state_dict(),
-             "generator": generator.get_state()}
+             "generator": generator.get_state(), "best": {k: asdict(v) for k, v in best.items()}}
     with atomic_path(output / CHECKPOINT_FILE) as tmp:
         torch.save(state, tmp)
 
 
-def _restore(output: Path, learner: Learner, generator: torch.Generator) -> int:
-    """Load the checkpoint into ``learner`` and ``generator``; the update count it was taken at."""
+def _restore(output: Path, learner: Learner, generator: torch.Generator) -> tuple[int, dict[str, _Best]]:
+    """Load the checkpoint into ``learner`` and ``generator``; the update count it was taken at
+    and the best validation figures up to then."""
     file = output / CHECKPOINT_FILE
+    best = {figure: _Best() for figure in SELECT_SIGNS}
     if not file.is_file():
-        return 0
+        return 0, best
     state = torch.load(file, map_location="cpu", weights_only=True)
     learner.load_state_dict(state["learner"])
     learner.optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["generator"])
-    return int(state["step"])
+    best.update({k: _Best(**v) for k, v in state.get("best", {}).items()})
+    return int(state["step"]), best
+
+
+def _track_best(output: Path, record: dict[str, Any], learner: Learner, best: dict[str, _Best]) -> None:
+    """Save the learner's weights for every validation figure of ``record`` that beats its best
+    so far (``best`` is updated in place)."""
+    for figure, sign in SELECT_SIGNS.items():
+        if sign * record[figure] < best[figure].value:
+            best[figure] = _Best(record["step"], sign * record[figure])
+            with atomic_path(best_file(output, figure)) as tmp:
+                torch.save(learner.state_dict(), tmp)
 
 
 def load_data(config: TrainConfig) -> tuple[OfflineData, Any]:
@@ -148,21 +204,34 @@ def load_data(config: TrainConfig) -> tuple[OfflineData, Any]:
     return data, encoder
 
 
+def validation_batch(config: TrainConfig, data: OfflineData) -> tuple[OfflineData, Batch | None]:
+    """``(training data, fixed held-out batch)``; the batch is None without a validation fraction."""
+    if config.validation_fraction == 0:
+        return data, None
+    train, held_out = data.split_episodes(config.validation_fraction, config.seed)
+    if len(held_out.real_rows) == 0:
+        raise ValueError(f"validation fraction {config.validation_fraction}: the real data has too few "
+                         "episodes to hold any out")
+    return train, held_out.sample(VALIDATION_ROWS, torch.Generator().manual_seed(config.seed))
+
+
 def train_policy(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Train (or resume, or extend) the run ``config.output``; returns its summary.
 
     The summary holds the config, the number of transitions per source, the last logged losses,
-    updates per second of this call and the wall time.
+    the update whose weights became the policy, updates per second of this call and the wall time.
     """
     config.validate()
     output = Path(config.output)
+    device = resolve_device(config.device)
     data, encoder = load_data(config)  # bad datasets are refused before anything is written
+    data, held_out = validation_batch(config, data.to(device))
     _check_output(config, output)
     torch.manual_seed(config.seed)
-    learner = make_learner(config.algorithm, data.input_dim, config.params)
+    learner = make_learner(config.algorithm, data.input_dim, config.params).to(device)
     learner.make_optimizer()
     generator = torch.Generator().manual_seed(config.seed)
-    start = _restore(output, learner, generator)
+    start, best = _restore(output, learner, generator)
     if start > config.updates:
         raise ValueError(f"{output} already holds {start} updates, more than --updates {config.updates}")
     records = _read_log(output, start)
@@ -180,22 +249,31 @@ def train_policy(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
                 sums[key] = sums[key] + value if key in sums else value.clone()
             if step % config.log_every == 0 or step == config.updates:
                 record = {"step": step, **{k: float(v) / (step - since) for k, v in sums.items()}}
+                if held_out is not None:
+                    record |= learner.validation_figures(held_out)
+                    _track_best(output, record, learner, best)
                 log.write(json.dumps(record) + "\n")
                 log.flush()
                 records.append(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
                 sums, since = {}, step
             if step % config.checkpoint_every == 0 or step == config.updates:
-                _save_checkpoint(output, step, learner, generator)
+                _save_checkpoint(output, step, learner, generator, best)
             bar.update(1)
     bar.close()
     elapsed = time.perf_counter() - began
-    save_policy(output, learner, encoder, temperature=config.temperature)
+    selected = config.updates
+    if config.select != "last":
+        learner.load_state_dict(torch.load(best_file(output, config.select), map_location="cpu", weights_only=True))
+        selected = best[config.select].step
+    save_policy(output, learner.cpu(), encoder, temperature=config.temperature)
     summary = {
         "config": config.to_dict(),
         "output": str(output),
         "policy": str(output / POLICY_FILE),
         "transitions": {"real": len(data.real_rows), "imagined": len(data.imagined_rows)},
+        "selected_step": selected,
+        "best_steps": {figure: b.step for figure, b in best.items()} if held_out is not None else None,
         "resumed_from": start,
         "updates_run": config.updates - start,
         "updates_per_s": (config.updates - start) / elapsed if elapsed > 0 and config.updates > start else None,

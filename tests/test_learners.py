@@ -23,7 +23,7 @@ from kalm_rl.evaluation import RandomPolicy, evaluate_policy
 from kalm_rl.learners import LEARNERS, make_learner
 from kalm_rl.networks import td_target
 from kalm_rl.policy import LearnerPolicy, load_policy, save_policy
-from kalm_rl.trainer import CHECKPOINT_FILE, LOG_FILE, TrainConfig, train_policy
+from kalm_rl.trainer import CHECKPOINT_FILE, LOG_FILE, TrainConfig, best_file, train_policy
 from tests.helpers import temporary_minari_root, write_cartpole_dataset
 
 REAL = "kalm/test/real-v0"
@@ -82,6 +82,47 @@ def test_batches_mix_real_and_imagined_as_asked(root, fraction, real_rows):
         assert int((batch.sources == 1).sum()) == 256 - real_rows
     # far fewer imagined transitions than real ones, yet they fill their share of every batch
     assert len(data.imagined_rows) * 5 < len(data.real_rows)
+
+
+def test_validation_split_holds_out_whole_episodes_of_each_group(root):
+    with temporary_minari_root(root):
+        data = OfflineData(load_transitions([REAL, IMAGINED]), [1], HashedNgramEncoder())
+    train, held_out = data.split_episodes(0.1, seed=3)
+    for rows in ("real_rows", "imagined_rows"):
+        kept, held = getattr(train, rows), getattr(held_out, rows)
+        assert len(kept) + len(held) == len(getattr(data, rows)) and len(held) > 0
+        kept_episodes, held_episodes = set(data.episode_ids[kept].tolist()), set(data.episode_ids[held].tolist())
+        assert not kept_episodes & held_episodes
+        assert len(held_episodes) == round(0.1 * (len(kept_episodes) + len(held_episodes)))
+    again, _ = data.split_episodes(0.1, seed=3)
+    other, _ = data.split_episodes(0.1, seed=4)
+    assert torch.equal(again.real_rows, train.real_rows) and not torch.equal(other.real_rows, train.real_rows)
+    batch = held_out.sample(64, torch.Generator().manual_seed(0))
+    assert (batch.sources == 1).sum() == 32  # the held-out batch keeps the 1:1 mix
+    with pytest.raises(ValueError, match="fraction 1.0"):
+        data.split_episodes(1.0, seed=0)
+
+
+def test_validation_keeps_the_best_weights_and_select_picks_them(root, tmp_path):
+    run = tmp_path / "run"
+    summary = _train(root, run, "bc", updates=1500, validation_fraction=0.1, params={"hidden": [64]})
+    log = [json.loads(line) for line in (run / LOG_FILE).read_text().splitlines()]
+    assert all({"val_loss", "val_agreement"} <= record.keys() for record in log)
+    lowest_loss = min(log, key=lambda record: record["val_loss"])["step"]
+    highest_agreement = max(log, key=lambda record: record["val_agreement"])["step"]
+    assert summary["best_steps"] == {"val_loss": lowest_loss, "val_agreement": highest_agreement}
+    assert summary["selected_step"] == 1500
+    with temporary_minari_root(root):
+        assert 0.85 < summary["transitions"]["real"] / len(load_transitions(REAL)) < 0.95
+    # a rerun may change only the selection: no training, the policy becomes the kept weights
+    again = _train(root, run, "bc", updates=1500, validation_fraction=0.1, params={"hidden": [64]},
+                   select="val_loss")
+    assert again["updates_run"] == 0 and again["selected_step"] == lowest_loss
+    policy = torch.load(run / "policy.pt", weights_only=True)["state_dict"]
+    kept = torch.load(best_file(run, "val_loss"), weights_only=True)
+    assert all(torch.equal(policy[k], kept[k]) for k in kept)
+    final = torch.load(run / CHECKPOINT_FILE, weights_only=True)["learner"]
+    assert (lowest_loss == 1500) == all(torch.equal(final[k], kept[k]) for k in kept)
 
 
 def test_batch_rows_match_the_dataset(root):
@@ -153,7 +194,7 @@ def test_policy_round_trip_keeps_actions(root, tmp_path):
 def test_resume_after_a_killed_run_matches_an_uninterrupted_one(root, tmp_path):
     """Kill ``kalm train`` after its first checkpoint; the rerun must end on the same weights."""
     args = ["--algorithm", "cql", "--datasets", REAL, "--updates", "1500", "--checkpoint-every", "300",
-            "--param", "hidden=[64,64]", "--no-progress"]
+            "--param", "hidden=[64,64]", "--validation-fraction", "0.1", "--select", "val_loss", "--no-progress"]
     env = {"MINARI_DATASETS_PATH": str(root), "PATH": "/usr/bin:/bin"}
     killed = tmp_path / "killed"
     process = subprocess.Popen([sys.executable, "-m", "kalm.cli", "train", *args, "--output", str(killed)],
@@ -179,7 +220,7 @@ def test_resume_after_a_killed_run_matches_an_uninterrupted_one(root, tmp_path):
 def test_a_finished_run_is_extended_not_redone(root, tmp_path):
     first = _train(root, tmp_path / "run", "bc", updates=200)
     again = _train(root, tmp_path / "run", "bc", updates=200)
-    longer = _train(root, tmp_path / "run", "bc", updates=300)
+    longer = _train(root, tmp_path / "run", "bc", updates=300, device="auto")  # the device may change
     assert (first["updates_run"], again["updates_run"], longer["updates_run"]) == (200, 0, 100)
     with pytest.raises(ValueError, match="seed"):
         _train(root, tmp_path / "run", "bc", updates=300, seed=1)
@@ -198,7 +239,17 @@ def test_bad_configuration_is_refused_with_its_name(root, tmp_path):
         _train(root, tmp_path / "f", "bc", updates=10, params={"precision": "fp8"})
     with pytest.raises(ValueError, match="gamma 1.5"):
         _train(root, tmp_path / "e", "iql", updates=10, params={"gamma": 1.5})
-    assert not any((tmp_path / name).exists() for name in "abcdef")
+    with pytest.raises(ValueError, match="'val_loss' needs a validation fraction"):
+        _train(root, tmp_path / "g", "bc", updates=10, select="val_loss")
+    with pytest.raises(ValueError, match="'best'"):
+        _train(root, tmp_path / "h", "bc", updates=10, validation_fraction=0.1, select="best")
+    with pytest.raises(ValueError, match="validation fraction 1.2"):
+        _train(root, tmp_path / "i", "bc", updates=10, validation_fraction=1.2)
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        _train(root, tmp_path / "j", "bc", updates=10, device="gpu")
+    with pytest.raises(ValueError, match="'cuda:64' is not available"):
+        _train(root, tmp_path / "k", "bc", updates=10, device="cuda:64")
+    assert not any((tmp_path / name).exists() for name in "abcdefghijk")
     for ratio in ("0:1", "1:0", "-1:1", "a:b", "2"):
         with pytest.raises(Exception, match=ratio):
             parse_ratio(ratio)

@@ -53,7 +53,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--temperature", type=float,
                         help="acting temperature saved with the policy (default: the algorithm's; 0: greedy)")
+    parser.add_argument("--validation-fraction", type=float, default=0.0, metavar="F",
+                        help="share of episodes held out; their figures are logged as val_* (default 0: none)")
+    parser.add_argument("--select", default="last",
+                        help="weights saved as the policy: last (default), or those at the lowest val_loss "
+                             "or the highest val_agreement (needs --validation-fraction)")
     parser.add_argument("--output", required=True, help="run folder: config, checkpoint, log.jsonl, policy.pt")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--no-progress", action="store_true")
     add_json_flag(parser)
@@ -72,7 +78,8 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
         real_fraction=args.ratio, encoder=args.encoder, params=dict(args.param), updates=args.updates,
         batch_size=args.batch_size, reward_scale=args.reward_scale, seed=args.seed,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, output=args.output,
-        temperature=args.temperature,
+        temperature=args.temperature, validation_fraction=args.validation_fraction, select=args.select,
+        device=args.device,
     )
     summary = train_policy(config, progress=not args.no_progress)
     last = summary["last_log"] or {}
@@ -83,6 +90,6 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
         + (f", {speed:.0f} updates/s" if speed else "") + ")",
         f"transitions: {summary['transitions']['real']} real, {summary['transitions']['imagined']} imagined",
         f"last losses: {losses or '-'}",
-        f"policy: {summary['policy']}",
+        f"policy: {summary['policy']} (weights of update {summary['selected_step']})",
     ]
     return summary, "\n".join(lines), 0

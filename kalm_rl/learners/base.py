@@ -28,7 +28,7 @@ class LearnerConfig:
     """Settings every learner has. ``hidden``: widths of the hidden layers of each network.
     ``precision``: ``bfloat16`` computes the losses under autocast (weights, optimiser state and
     acting stay float32); faster on CPUs with AVX-512 BF16 or AMX (``benchmarks/learner_speed.py``
-    prints both), at 3 significant digits per matmul output."""
+    prints both) and on GPUs with bfloat16 tensor cores, at 3 significant digits per matmul output."""
 
     hidden: tuple[int, ...] = (256, 256)
     lr: float = 3e-4
@@ -119,7 +119,8 @@ class Learner(nn.Module):
         """One gradient step on ``batch``; returns the logged figures (0-d tensors)."""
         if self.optimizer is None:
             self.make_optimizer()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.precision == "bfloat16"):
+        device_type = next(self.parameters()).device.type
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.config.precision == "bfloat16"):
             loss, logs = self.losses(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -127,6 +128,14 @@ class Learner(nn.Module):
         for target, online in self._targets:
             soft_update(target, online, self.config.tau)
         return logs
+
+    @torch.no_grad()
+    def validation_figures(self, batch: Batch) -> dict[str, float]:
+        """The figures :meth:`update` logs, computed on held-out ``batch`` without updating, as
+        ``val_<name>``, plus ``val_agreement``: the share of rows whose greedy action is the data's."""
+        _, logs = self.losses(batch)
+        agreement = (self.action_scores(batch.inputs).argmax(dim=1) == batch.actions).float().mean()
+        return {f"val_{name}": float(value) for name, value in logs.items()} | {"val_agreement": float(agreement)}
 
     @torch.no_grad()
     def act(self, inputs: torch.Tensor, temperature: float = 0.0,
