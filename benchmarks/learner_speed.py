@@ -2,9 +2,9 @@
 
 Same transitions (``kalm_envs.adapters.to_d3rlpy_arrays`` gives d3rlpy every one of ours), the
 same network (hidden layers ``--hidden``, ReLU, plain MLP), batch size, learning rate, discount,
-reward scale and CQL ``alpha``, one torch thread each. d3rlpy lives in its own virtual environment
-(it pins gymnasium 1.0.0; ``tests/helpers.py::d3rlpy_python`` builds it once under ``.cache``) and
-runs in a child process that times its own ``fit`` loop; ours times
+reward scale and CQL ``alpha``, and ``--threads`` torch threads each (default 1). d3rlpy lives in
+its own virtual environment (it pins gymnasium 1.0.0; ``tests/helpers.py::d3rlpy_python`` builds
+it once under ``.cache``) and runs in a child process that times its own ``fit`` loop; ours times
 ``learner.update(data.sample(...))``. Both timings leave out loading and building. The two sides
 alternate ``--repeats`` times; medians are printed with their ratio next to the 3x target.
 
@@ -63,10 +63,10 @@ ALGORITHMS = {"bc": "DiscreteBCConfig", "cql": "DiscreteCQLConfig"}
 
 D3RLPY_SCRIPT = """
 import json, sys, time, numpy as np, torch
-torch.set_num_threads(1)
+args = json.loads(sys.argv[1])
+torch.set_num_threads(args["threads"])
 import d3rlpy
 from d3rlpy.dataset import MDPDataset
-args = json.loads(sys.argv[1])
 arrays = np.load(args["data"])
 dataset = MDPDataset(**{k: arrays[k] for k in arrays.files}, action_size=40)
 d3rlpy.seed(args["seed"])
@@ -129,9 +129,10 @@ def theirs(python: Path, data_file: Path, args: argparse.Namespace, algorithm: s
     spec = {"data": str(data_file), "algorithm": algorithm, "updates": updates, "seed": seed,
             "hidden": args.hidden, "batch_size": args.batch_size, "lr": args.lr, "gamma": args.gamma,
             "alpha": args.alpha, "reward_scale": args.reward_scale,
-            "target_update_interval": round(1 / args.tau), "policy": str(policy) if policy else None}
+            "target_update_interval": round(1 / args.tau), "policy": str(policy) if policy else None,
+            "threads": args.threads}
     out = subprocess.run([str(python), "-c", D3RLPY_SCRIPT, json.dumps(spec)], check=True,
-                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
     return json.loads(out.stdout.strip().splitlines()[-1])["updates_per_s"]
 
 
@@ -196,9 +197,10 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.1)
     parser.add_argument("--tau", type=float, default=0.005)
     parser.add_argument("--reward-scale", type=float, default=0.01)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, the same for both sides")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     python = d3rlpy_python()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -209,6 +211,7 @@ def main() -> None:
         data_file = tmp / "d3rlpy.npz"
         np.savez(data_file, **to_d3rlpy_arrays(transitions, HashedNgramEncoder()))
         report: dict = {"dataset": str(dataset), "transitions": len(transitions), "batch_size": args.batch_size,
+                        "threads": args.threads,
                         "hidden": args.hidden, "updates_per_run": args.updates, "repeats": args.repeats}
         for algorithm in ALGORITHMS:
             runs: dict[str, list[float]] = {"float32": [], "bfloat16": [], "d3rlpy": []}
@@ -236,7 +239,8 @@ def main() -> None:
         print(f"{algorithm:5} float32 matrix products take {row['matrix_product_ms']:.2f} ms of the "
               f"{1e3 / row['updates_per_s']['float32']:.2f} ms update: with nothing else, float32 would reach "
               f"{row['float32_ceiling']:.2f}x")
-    print(f"medians of {args.repeats} alternating runs of {args.updates} updates; success after "
+    print(f"{args.threads} torch thread(s) per side; medians of {args.repeats} alternating runs of {args.updates} "
+          "updates; success after "
           f"{args.success_updates} updates, mean ± stderr over {args.seeds} seeds, {args.episodes} "
           "train-goal episodes each")
     if args.json:
