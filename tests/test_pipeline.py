@@ -79,8 +79,12 @@ def test_a_changed_setting_redoes_only_the_stages_after_it(first, capsys) -> Non
     assert fewer["evaluation"]["episodes"] == 4
     assert "4 evaluation episodes per level" in (root / "smoke" / "report.md").read_text()
     assert all(_reused(_cli(root, capsys)).values())  # the first evaluation is still cached
-    longer = _cli(root, capsys, "--set", "train.updates=350")
+    longer = _cli(root, capsys, "--set", "train.updates=350", "--set", "train.validation_fraction=0.2",
+                  "--set", "train.select=val_loss")
     assert _reused(longer) == {"data": True, "ground": True, "imagine": True, "train": False, "evaluate": False}
+    policy = Path(longer["stages"]["train"]["folder"]) / "policies" / "bc" / "real" / "seed-0"
+    summary = json.loads((policy / "summary.json").read_text())
+    assert summary["selected_step"] == summary["best_steps"]["val_loss"]
     faster = _cli(root, capsys, "--set", "data.workers=2")  # how fast, not what: the same hashes
     assert all(_reused(faster).values())
 
@@ -129,6 +133,7 @@ def test_a_killed_run_resumes(tmp_path) -> None:
     (["--set", "evaluate.episodes"], "STAGE.KEY=VALUE"),
     (["--set", 'train.algorithms=["dqn"]'], "'dqn'"),
     (["--set", "ground.held_out=40"], "held_out"),
+    (["--set", "train.device=gpu"], "'gpu'"),
 ])
 def test_bad_preset_or_setting_is_refused_with_its_name(tmp_path, capsys, extra, named) -> None:
     assert kalm_main(["run", "--output-root", str(tmp_path), *extra]) == 2

@@ -32,6 +32,7 @@ SMOKE: dict[str, dict[str, Any]] = {
     "train": {
         "algorithms": ["bc"], "seeds": [0], "updates": 300, "batch_size": 128, "real_fraction": 0.5,
         "encoder": "hashed", "params": {"hidden": [64, 64]}, "checkpoint_every": 100,
+        "validation_fraction": 0.0, "select": "last", "device": "cpu",
     },
     "evaluate": {"episodes": 10, "seed": 0},
 }
@@ -47,6 +48,7 @@ DEFAULT: dict[str, dict[str, Any]] = {
     "train": {
         "algorithms": ["bc", "cql"], "seeds": [0, 1], "updates": 3000, "batch_size": 256, "real_fraction": 0.5,
         "encoder": "hashed", "params": {}, "checkpoint_every": 500,
+        "validation_fraction": 0.0, "select": "last", "device": "cpu",
     },
     "evaluate": {"episodes": 100, "seed": 0},
 }
@@ -62,6 +64,7 @@ PAPER: dict[str, dict[str, Any]] = {
     "train": {
         "algorithms": ["bc", "cql", "iql", "bcq"], "seeds": [0, 1, 2], "updates": 50_000, "batch_size": 256,
         "real_fraction": 0.5, "encoder": "hashed", "params": {}, "checkpoint_every": 1000,
+        "validation_fraction": 0.0, "select": "last", "device": "cpu",
     },
     "evaluate": {"episodes": 200, "seed": 0},
 }

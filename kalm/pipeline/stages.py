@@ -27,7 +27,8 @@ SOURCES = ("real", "real+imagined", "real+oracle")
 """Training data of each method: real only, plus the imagined datasets, plus the oracle ones."""
 GROUNDING_KEYS = ("finetune", "lora_rank", "head_hidden", "steps", "batch_size", "lr", "warmup_steps",
                   "eval_every", "checkpoint_every", "val_fraction", "seed")
-TRAIN_KEYS = ("real_fraction", "encoder", "updates", "batch_size", "checkpoint_every")
+TRAIN_KEYS = ("real_fraction", "encoder", "updates", "batch_size", "checkpoint_every", "validation_fraction",
+              "select", "device")
 
 
 def _dataset_id(folder: Path, name: str) -> str:
