@@ -17,16 +17,20 @@ mean and standard error over seeds. Our float32 policy at its default sampling t
 Ceiling: the time our float32 update spends in its matrix products (``aten::addmm`` and
 ``aten::mm`` under ``torch.profiler``, which run near this core's peak FLOP rate) bounds what a
 float32 update of the same network and batch can reach even with no other cost:
-``ceiling = d3rlpy's seconds per update / our matrix-product seconds per update``.
+``ceiling = d3rlpy's seconds per update / our matrix-product seconds per update`` (CPU runs only).
+
+``--device cuda`` runs both sides on a GPU (ours synchronises before reading the clock); d3rlpy's
+venv then needs a CUDA build of torch.
 
 Ours runs twice, in float32 (as d3rlpy) and with ``precision=bfloat16`` (autocast; d3rlpy has no
-such mode); both are printed against d3rlpy. Differences we cannot remove: d3rlpy updates its CQL target network by copying it every
-``target_update_interval`` updates (set to ``1 / tau`` = 200), ours by Polyak averaging; ours
-multiplies ball coordinates by ``kalm_rl.data.STATE_SCALE`` before the network.
+such mode); both are printed against d3rlpy. Differences we cannot remove: d3rlpy updates its
+CQL target network by copying it every ``target_update_interval`` updates (set to ``1 / tau`` =
+200), ours by Polyak averaging; ours multiplies ball coordinates by ``kalm_rl.data.STATE_SCALE``
+before the network.
 
 Usage: ``python benchmarks/learner_speed.py [--dataset ID] [--updates N] [--repeats R]
-[--success-updates N] [--seeds S] [--episodes E] [--json]``; without ``--dataset`` a 300-episode oracle dataset
-is built in a temporary Minari root (about 30 s).
+[--success-updates N] [--seeds S] [--episodes E] [--threads T] [--device D] [--json]``; without
+``--dataset`` a 300-episode oracle dataset is built in a temporary Minari root (about 30 s).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from kalm_envs.adapters import to_d3rlpy_arrays  # noqa: E402
 from kalm_envs.loader import load_transitions  # noqa: E402
 from kalm_envs.text_encoders import HashedNgramEncoder  # noqa: E402
 from kalm_rl.data import OfflineData  # noqa: E402
+from kalm_rl.devices import resolve_device  # noqa: E402
 from kalm_rl.evaluation import evaluate_policies  # noqa: E402
 from kalm_rl.learners import make_learner  # noqa: E402
 from kalm_rl.policy import LearnerPolicy  # noqa: E402
@@ -78,7 +83,7 @@ if args["algorithm"] == "bc":
 else:
     config = d3rlpy.algos.DiscreteCQLConfig(gamma=args["gamma"], alpha=args["alpha"],
                                             target_update_interval=args["target_update_interval"], **common)
-algo = config.create(device="cpu:0")
+algo = config.create(device=args["device"])
 algo.build_with_dataset(dataset)
 start = time.perf_counter()
 algo.fit(dataset, n_steps=args["updates"], n_steps_per_epoch=args["updates"], show_progress=False,
@@ -114,13 +119,21 @@ def ours(data: OfflineData, args: argparse.Namespace, algorithm: str, updates: i
          seed: int = 0):
     """Train our learner for ``updates``; returns (updates/s, learner)."""
     torch.manual_seed(seed)
-    learner = make_learner(algorithm, data.input_dim, settings(args, algorithm, precision))
+    learner = make_learner(algorithm, data.input_dim, settings(args, algorithm, precision)).to(args.device)
     generator = torch.Generator().manual_seed(seed)
     learner.update(data.sample(args.batch_size, generator))  # warm-up: allocations, optimizer state
+    synchronize(args.device)
     start = time.perf_counter()
     for _ in range(updates):
         learner.update(data.sample(args.batch_size, generator))
+    synchronize(args.device)
     return updates / (time.perf_counter() - start), learner
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that a clock reading covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def theirs(python: Path, data_file: Path, args: argparse.Namespace, algorithm: str, updates: int,
@@ -130,14 +143,14 @@ def theirs(python: Path, data_file: Path, args: argparse.Namespace, algorithm: s
             "hidden": args.hidden, "batch_size": args.batch_size, "lr": args.lr, "gamma": args.gamma,
             "alpha": args.alpha, "reward_scale": args.reward_scale,
             "target_update_interval": round(1 / args.tau), "policy": str(policy) if policy else None,
-            "threads": args.threads}
+            "threads": args.threads, "device": "cpu:0" if args.device.type == "cpu" else str(args.device)}
     out = subprocess.run([str(python), "-c", D3RLPY_SCRIPT, json.dumps(spec)], check=True,
                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
     return json.loads(out.stdout.strip().splitlines()[-1])["updates_per_s"]
 
 
 def matrix_product_seconds(data: OfflineData, args: argparse.Namespace, algorithm: str, updates: int = 50) -> float:
-    """Seconds per float32 update of ours spent in matrix products (profiled)."""
+    """Seconds per float32 update of ours spent in matrix products (profiled; CPU only)."""
     _, learner = ours(data, args, algorithm, 1)
     generator = torch.Generator().manual_seed(1)
     batches = [data.sample(args.batch_size, generator) for _ in range(updates)]
@@ -158,6 +171,7 @@ def train_success(data: OfflineData, data_file: Path, python: Path, args: argpar
         groups["d3rlpy"].append(d3rlpy_policy(policy_file))
         for precision in PRECISIONS:
             _, learner = ours(data, args, algorithm, args.success_updates, precision, seed)
+            learner.cpu()  # policies act on the CPU
             groups[precision].append(LearnerPolicy(learner, HashedNgramEncoder(), temperature=0.0))
             if precision == "float32":
                 groups["float32 sampling"].append(LearnerPolicy(learner, HashedNgramEncoder()))
@@ -198,6 +212,8 @@ def main() -> None:
     parser.add_argument("--tau", type=float, default=0.005)
     parser.add_argument("--reward-scale", type=float, default=0.01)
     parser.add_argument("--threads", type=int, default=1, help="torch threads, the same for both sides")
+    parser.add_argument("--device", type=resolve_device, default="cpu",
+                        help="cpu (default), cuda or cuda:N, the same for both sides")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -207,7 +223,7 @@ def main() -> None:
         tmp = Path(tmp)
         dataset = args.dataset or build_dataset(tmp / "minari", args.build_episodes)
         transitions = load_transitions(dataset)
-        data = OfflineData(transitions, [], HashedNgramEncoder(), reward_scale=args.reward_scale)
+        data = OfflineData(transitions, [], HashedNgramEncoder(), reward_scale=args.reward_scale).to(args.device)
         data_file = tmp / "d3rlpy.npz"
         np.savez(data_file, **to_d3rlpy_arrays(transitions, HashedNgramEncoder()))
         report: dict = {"dataset": str(dataset), "transitions": len(transitions), "batch_size": args.batch_size,
@@ -221,10 +237,10 @@ def main() -> None:
                 runs["d3rlpy"].append(theirs(python, data_file, args, algorithm, args.updates))
             speed = {side: statistics.median(values) for side, values in runs.items()}
             speedup = {p: speed[p] / speed["d3rlpy"] for p in PRECISIONS}
-            products = matrix_product_seconds(data, args, algorithm)
+            products = matrix_product_seconds(data, args, algorithm) if args.device.type == "cpu" else None
             report[algorithm] = {"updates_per_s": speed, "runs": runs, "speedup": speedup,
-                                 "matrix_product_ms": 1e3 * products,
-                                 "float32_ceiling": 1 / speed["d3rlpy"] / products,
+                                 "matrix_product_ms": 1e3 * products if products else None,
+                                 "float32_ceiling": 1 / speed["d3rlpy"] / products if products else None,
                                  "train_success": train_success(data, data_file, python, args, algorithm, tmp),
                                  "success_updates": args.success_updates, "seeds": args.seeds}
     print(f"{'':5}{'side':>10}{'upd/s':>8}{'vs d3rlpy':>11}{'target':>8}{'greedy success':>20}")
@@ -236,9 +252,10 @@ def main() -> None:
             print(f"{algorithm:5}{side:>10}{row['updates_per_s'][side]:>8.0f}{ratio:>11}{TARGET:>7.1f}x"
                   f"{percent(success[side]):>20}")
         print(f"{algorithm:5}{'float32, sampling':>29}{'':>8}{percent(success['float32 sampling']):>20}")
-        print(f"{algorithm:5} float32 matrix products take {row['matrix_product_ms']:.2f} ms of the "
-              f"{1e3 / row['updates_per_s']['float32']:.2f} ms update: with nothing else, float32 would reach "
-              f"{row['float32_ceiling']:.2f}x")
+        if row["float32_ceiling"] is not None:
+            print(f"{algorithm:5} float32 matrix products take {row['matrix_product_ms']:.2f} ms of the "
+                  f"{1e3 / row['updates_per_s']['float32']:.2f} ms update: with nothing else, float32 would "
+                  f"reach {row['float32_ceiling']:.2f}x")
     print(f"{args.threads} torch thread(s) per side; medians of {args.repeats} alternating runs of {args.updates} "
           "updates; success after "
           f"{args.success_updates} updates, mean ± stderr over {args.seeds} seeds, {args.episodes} "
