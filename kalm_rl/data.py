@@ -98,8 +98,9 @@ class OfflineData:
         self.device = torch.device("cpu")
 
     def to(self, device: torch.device) -> OfflineData:
-        """Move the per-row tensors to ``device`` (in place; returns self). Rows are still drawn on
-        the CPU with the caller's generator, so a seed gives the same batches on every device."""
+        """Move the tensors that batches gather from to ``device`` (in place; returns self). The row
+        pools and ``episode_ids`` stay on the CPU: rows are drawn there with the caller's generator,
+        so a seed gives the same batches on every device."""
         for name in ("states", "next_states", "actions", "rewards", "terminals", "text_ids", "embeddings", "sources"):
             setattr(self, name, getattr(self, name).to(device))
         self.device = torch.device(device)
