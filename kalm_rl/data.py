@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
@@ -27,11 +26,13 @@ def policy_inputs(states: torch.Tensor, embeddings: torch.Tensor) -> torch.Tenso
     return torch.cat([states * STATE_SCALE, embeddings], dim=1)
 
 
-@dataclass
 class Batch:
-    """``B`` transitions ready for a learner.
+    """``B`` transitions ready for a learner, gathered from their :class:`OfflineData` on first
+    access, so a learner pays only for the fields it reads (behaviour cloning never gathers
+    ``next_states`` or ``rewards``).
 
     Attributes:
+        rows: ``(B,)`` int64 row indices into the data, on the data's device.
         states, next_states: ``(B, 10)`` float32 ball centres (m) at ``s`` and ``s'``.
         embeddings: ``(B, D)`` float32 instruction embeddings.
         actions: ``(B,)`` int64. rewards: ``(B,)`` float32, already multiplied by the reward scale.
@@ -40,13 +41,40 @@ class Batch:
         sources: ``(B,)`` int64, the :class:`OfflineData` source index of each row.
     """
 
-    states: torch.Tensor
-    next_states: torch.Tensor
-    embeddings: torch.Tensor
-    actions: torch.Tensor
-    rewards: torch.Tensor
-    terminals: torch.Tensor
-    sources: torch.Tensor
+    def __init__(self, data: OfflineData, rows: torch.Tensor) -> None:
+        self._data = data
+        self.rows = rows
+
+    def _gather(self, name: str) -> torch.Tensor:
+        return getattr(self._data, name).index_select(0, self.rows)
+
+    @cached_property
+    def states(self) -> torch.Tensor:
+        return self._gather("states")
+
+    @cached_property
+    def next_states(self) -> torch.Tensor:
+        return self._gather("next_states")
+
+    @cached_property
+    def embeddings(self) -> torch.Tensor:
+        return self._data.embeddings.index_select(0, self._gather("text_ids"))
+
+    @cached_property
+    def actions(self) -> torch.Tensor:
+        return self._gather("actions")
+
+    @cached_property
+    def rewards(self) -> torch.Tensor:
+        return self._gather("rewards")
+
+    @cached_property
+    def terminals(self) -> torch.Tensor:
+        return self._gather("terminals")
+
+    @cached_property
+    def sources(self) -> torch.Tensor:
+        return self._gather("sources")
 
     @cached_property
     def inputs(self) -> torch.Tensor:
@@ -155,13 +183,4 @@ class OfflineData:
 
     def batch(self, rows: torch.Tensor) -> Batch:
         """The transitions at ``rows`` (``(B,)`` int64), on this data's device."""
-        rows = rows.to(self.device)
-        return Batch(
-            states=self.states[rows],
-            next_states=self.next_states[rows],
-            embeddings=self.embeddings[self.text_ids[rows]],
-            actions=self.actions[rows],
-            rewards=self.rewards[rows],
-            terminals=self.terminals[rows],
-            sources=self.sources[rows],
-        )
+        return Batch(self, rows.to(self.device))

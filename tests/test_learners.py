@@ -138,6 +138,15 @@ def test_batch_rows_match_the_dataset(root):
     assert np.allclose(batch.rewards.numpy(), 0.5 * transitions.rewards[rows])
 
 
+def test_batch_gathers_only_the_fields_a_learner_reads(root):
+    with temporary_minari_root(root):
+        data = OfflineData(load_transitions(REAL), [], HashedNgramEncoder())
+    batch = data.sample(32, torch.Generator().manual_seed(0))
+    make_learner("bc", data.input_dim, {}).update(batch)
+    assert {"inputs", "actions"} <= vars(batch).keys()
+    assert not {"next_states", "next_inputs", "rewards", "terminals"} & vars(batch).keys()
+
+
 def _train(root: Path, output: Path, algorithm: str, updates: int, **overrides) -> dict:
     config = TrainConfig(algorithm=algorithm, datasets=[REAL], output=str(output), updates=updates,
                          log_every=100, checkpoint_every=500, **overrides)
