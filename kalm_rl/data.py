@@ -26,6 +26,21 @@ def policy_inputs(states: torch.Tensor, embeddings: torch.Tensor) -> torch.Tenso
     return torch.cat([states * STATE_SCALE, embeddings], dim=1)
 
 
+class _Gathered:
+    """A :class:`Batch` field: the batch's rows of the data's tensor of the same name, gathered on
+    first access and then kept in the batch's ``__dict__`` (which later reads find first)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, batch: Batch | None, owner: type | None = None) -> torch.Tensor:
+        if batch is None:
+            return self
+        value = getattr(batch._data, self.name).index_select(0, batch.rows)
+        batch.__dict__[self.name] = value
+        return value
+
+
 class Batch:
     """``B`` transitions ready for a learner, gathered from their :class:`OfflineData` on first
     access, so a learner pays only for the fields it reads (behaviour cloning never gathers
@@ -41,40 +56,20 @@ class Batch:
         sources: ``(B,)`` int64, the :class:`OfflineData` source index of each row.
     """
 
+    states = _Gathered()
+    next_states = _Gathered()
+    actions = _Gathered()
+    rewards = _Gathered()
+    terminals = _Gathered()
+    sources = _Gathered()
+
     def __init__(self, data: OfflineData, rows: torch.Tensor) -> None:
         self._data = data
         self.rows = rows
 
-    def _gather(self, name: str) -> torch.Tensor:
-        return getattr(self._data, name).index_select(0, self.rows)
-
-    @cached_property
-    def states(self) -> torch.Tensor:
-        return self._gather("states")
-
-    @cached_property
-    def next_states(self) -> torch.Tensor:
-        return self._gather("next_states")
-
     @cached_property
     def embeddings(self) -> torch.Tensor:
-        return self._data.embeddings.index_select(0, self._gather("text_ids"))
-
-    @cached_property
-    def actions(self) -> torch.Tensor:
-        return self._gather("actions")
-
-    @cached_property
-    def rewards(self) -> torch.Tensor:
-        return self._gather("rewards")
-
-    @cached_property
-    def terminals(self) -> torch.Tensor:
-        return self._gather("terminals")
-
-    @cached_property
-    def sources(self) -> torch.Tensor:
-        return self._gather("sources")
+        return self._data.embeddings.index_select(0, self._data.text_ids.index_select(0, self.rows))
 
     @cached_property
     def inputs(self) -> torch.Tensor:
