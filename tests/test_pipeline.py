@@ -85,13 +85,14 @@ def test_a_changed_setting_redoes_only_the_stages_after_it(first, capsys) -> Non
     policy = Path(longer["stages"]["train"]["folder"]) / "policies" / "bc" / "real" / "seed-0"
     summary = json.loads((policy / "summary.json").read_text())
     assert summary["selected_step"] == summary["best_steps"]["val_loss"]
-    faster = _cli(root, capsys, "--set", "data.workers=2")  # how fast, not what: the same hashes
+    faster = _cli(root, capsys, "--set", "data.workers=2", "--set", "train.device=auto")  # how fast, not what
     assert all(_reused(faster).values())
 
 
 def test_stage_hash_follows_settings_and_upstream() -> None:
     base = stage_hash("train", {"updates": 10, "workers": 1}, {"data": "a"})
     assert stage_hash("train", {"updates": 10, "workers": 4}, {"data": "a"}) == base
+    assert stage_hash("train", {"updates": 10, "workers": 1, "device": "cuda"}, {"data": "a"}) == base
     assert stage_hash("train", {"updates": 11, "workers": 1}, {"data": "a"}) != base
     assert stage_hash("train", {"updates": 10, "workers": 1}, {"data": "b"}) != base
     assert len(base) == 12

@@ -26,8 +26,9 @@ from typing import Any
 from kalm_envs.atomic import atomic_write_text
 
 MARKER = "complete.json"
-UNHASHED = ("workers",)
-"""Settings that change how fast a stage runs, never what it produces."""
+UNHASHED = ("workers", "device")
+"""Settings that change how fast a stage runs, not what it produces (``device``: up to float
+rounding, as when ``kalm train`` resumes a run on another device)."""
 
 
 @dataclass
