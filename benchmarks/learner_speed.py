@@ -171,7 +171,6 @@ def train_success(data: OfflineData, data_file: Path, python: Path, args: argpar
         groups["d3rlpy"].append(d3rlpy_policy(policy_file))
         for precision in PRECISIONS:
             _, learner = ours(data, args, algorithm, args.success_updates, precision, seed)
-            learner.cpu()  # policies act on the CPU
             groups[precision].append(LearnerPolicy(learner, HashedNgramEncoder(), temperature=0.0))
             if precision == "float32":
                 groups["float32 sampling"].append(LearnerPolicy(learner, HashedNgramEncoder()))
@@ -181,8 +180,9 @@ def train_success(data: OfflineData, data_file: Path, python: Path, args: argpar
 
 
 def d3rlpy_policy(file: Path) -> FlatPolicy:
-    """d3rlpy's TorchScript policy (flat observations -> actions) as a policy over dicts."""
-    module = torch.jit.load(str(file))
+    """d3rlpy's TorchScript policy (flat observations -> actions) as a policy over dicts, on the
+    CPU wherever it was trained (evaluation feeds it CPU tensors)."""
+    module = torch.jit.load(str(file), map_location="cpu")
 
     def predict(flat: np.ndarray) -> np.ndarray:
         with torch.no_grad():

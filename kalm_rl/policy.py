@@ -54,12 +54,14 @@ class LearnerPolicy(FlatPolicy):
     why the learners act stochastically by default. Draws come from one seeded generator that
     :func:`kalm_rl.evaluation.evaluate_policy` reseeds per level (``reseed``), so an evaluation
     with the same seed and batch size repeats exactly.
+
+    Policies act on the CPU: a learner trained on a GPU is moved there (in place).
     """
 
     def __init__(self, learner: Learner, encoder: Any, label: str | None = None,
                  temperature: float | None = None) -> None:
         super().__init__(self._predict, encoder, label or learner.name)
-        self.learner = learner.eval()
+        self.learner = learner.eval().cpu()
         self.temperature = learner.temperature if temperature is None else float(temperature)
         if self.temperature < 0:
             raise ValueError(f"temperature {self.temperature} must not be negative")
