@@ -18,6 +18,8 @@ Ceiling: the time our float32 update spends in its matrix products (``aten::addm
 ``aten::mm`` under ``torch.profiler``, which run near this core's peak FLOP rate) bounds what a
 float32 update of the same network and batch can reach even with no other cost:
 ``ceiling = d3rlpy's seconds per update / our matrix-product seconds per update`` (CPU runs only).
+The same profile counts the update's top-level torch operations, each of which costs a fixed
+overhead on top of its arithmetic.
 
 ``--device cuda`` runs both sides on a GPU (ours synchronises before reading the clock); d3rlpy's
 venv then needs a CUDA build of torch.
@@ -143,22 +145,26 @@ def theirs(python: Path, data_file: Path, args: argparse.Namespace, algorithm: s
             "hidden": args.hidden, "batch_size": args.batch_size, "lr": args.lr, "gamma": args.gamma,
             "alpha": args.alpha, "reward_scale": args.reward_scale,
             "target_update_interval": round(1 / args.tau), "policy": str(policy) if policy else None,
-            "threads": args.threads, "device": "cpu:0" if args.device.type == "cpu" else str(args.device)}
+            "threads": args.threads, "device": f"{args.device.type}:{args.device.index or 0}"}
     out = subprocess.run([str(python), "-c", D3RLPY_SCRIPT, json.dumps(spec)], check=True,
                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
     return json.loads(out.stdout.strip().splitlines()[-1])["updates_per_s"]
 
 
-def matrix_product_seconds(data: OfflineData, args: argparse.Namespace, algorithm: str, updates: int = 50) -> float:
-    """Seconds per float32 update of ours spent in matrix products (profiled; CPU only)."""
+def profile_update(data: OfflineData, args: argparse.Namespace, algorithm: str,
+                   updates: int = 50) -> tuple[float, float]:
+    """``(seconds in matrix products, top-level torch operations)`` per float32 update of ours,
+    sampling included (profiled; CPU only). An operation is top-level when no other ``aten::``
+    operation called it."""
     _, learner = ours(data, args, algorithm, 1)
     generator = torch.Generator().manual_seed(1)
-    batches = [data.sample(args.batch_size, generator) for _ in range(updates)]
     with torch.profiler.profile() as profiler:
-        for batch in batches:
-            learner.update(batch)
+        for _ in range(updates):
+            learner.update(data.sample(args.batch_size, generator))
     micros = sum(e.self_cpu_time_total for e in profiler.key_averages() if e.key in ("aten::addmm", "aten::mm"))
-    return micros / 1e6 / updates
+    operations = sum(e.name.startswith("aten::") and not (e.cpu_parent and e.cpu_parent.name.startswith("aten::"))
+                     for e in profiler.events())
+    return micros / 1e6 / updates, operations / updates
 
 
 def train_success(data: OfflineData, data_file: Path, python: Path, args: argparse.Namespace, algorithm: str,
@@ -237,9 +243,10 @@ def main() -> None:
                 runs["d3rlpy"].append(theirs(python, data_file, args, algorithm, args.updates))
             speed = {side: statistics.median(values) for side, values in runs.items()}
             speedup = {p: speed[p] / speed["d3rlpy"] for p in PRECISIONS}
-            products = matrix_product_seconds(data, args, algorithm) if args.device.type == "cpu" else None
+            products, operations = profile_update(data, args, algorithm) if args.device.type == "cpu" else (None, None)
             report[algorithm] = {"updates_per_s": speed, "runs": runs, "speedup": speedup,
                                  "matrix_product_ms": 1e3 * products if products else None,
+                                 "operations_per_update": operations,
                                  "float32_ceiling": 1 / speed["d3rlpy"] / products if products else None,
                                  "train_success": train_success(data, data_file, python, args, algorithm, tmp),
                                  "success_updates": args.success_updates, "seeds": args.seeds}
@@ -255,7 +262,8 @@ def main() -> None:
         if row["float32_ceiling"] is not None:
             print(f"{algorithm:5} float32 matrix products take {row['matrix_product_ms']:.2f} ms of the "
                   f"{1e3 / row['updates_per_s']['float32']:.2f} ms update: with nothing else, float32 would "
-                  f"reach {row['float32_ceiling']:.2f}x")
+                  f"reach {row['float32_ceiling']:.2f}x; the update runs {row['operations_per_update']:.0f} "
+                  "top-level torch operations")
     print(f"{args.threads} torch thread(s) per side; medians of {args.repeats} alternating runs of {args.updates} "
           "updates; success after "
           f"{args.success_updates} updates, mean ± stderr over {args.seeds} seeds, {args.episodes} "
