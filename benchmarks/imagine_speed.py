@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, help="default: all rollouts in one batch")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--level", default="easy")
+    parser.add_argument("--level", default="rephrase", help="a level of 50-step episodes (easy ones are one push)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

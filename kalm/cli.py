@@ -11,7 +11,17 @@ import json
 import sys
 from collections.abc import Sequence
 
-from kalm.commands import datasets, evaluate, ground, imagine, imagine_eval, oracle, run, train
+from kalm.commands import (
+    datasets,
+    evaluate,
+    ground,
+    imagine,
+    imagine_eval,
+    oracle,
+    run,
+    separation,
+    train,
+)
 
 COMMANDS = {
     "oracle": oracle,
@@ -21,6 +31,7 @@ COMMANDS = {
     "imagine-eval": imagine_eval,
     "train": train,
     "evaluate": evaluate,
+    "separation": separation,
     "run": run,
 }
 

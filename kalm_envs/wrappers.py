@@ -1,10 +1,10 @@
 """Wrappers that flatten the ``{"observation", "instruction"}`` observation into one vector.
 
 >>> from kalm_envs.wrappers import make_flat_env
->>> env = make_flat_env("easy")                       # hashed encoder, 10 + 256 values
+>>> env = make_flat_env("easy")                       # ordered encoder, 10 + 512 values
 >>> obs, info = env.reset(seed=0)
 >>> obs.shape, obs.dtype
-((266,), dtype('float32'))
+((522,), dtype('float32'))
 
 This module never imports torch or transformers (the MiniLM encoder loads them itself).
 """
@@ -19,6 +19,7 @@ import numpy as np
 from gymnasium import spaces
 
 from kalm_envs.text_encoders import (
+    DEFAULT_ENCODER,
     ENCODER_NAMES,
     BaseTextEncoder,
     TextEncoder,
@@ -33,13 +34,15 @@ EncoderSpec = TextEncoder | str | Mapping[str, Any] | None
 
 
 def resolve_encoder(encoder: EncoderSpec, **kwargs: Any) -> TextEncoder:
-    """An encoder from an instance, a name (``"hashed"``, ``"minilm"``), a ``config()`` or None.
+    """An encoder from an instance, a name (``"ordered"``, ``"hashed"``, ``"minilm"``), a
+    ``config()`` or None.
 
-    None gives :class:`~kalm_envs.text_encoders.HashedNgramEncoder` with its defaults. ``kwargs``
+    None gives the default encoder (:data:`~kalm_envs.text_encoders.DEFAULT_ENCODER`, the
+    word-order-aware :class:`~kalm_envs.text_encoders.OrderedNgramEncoder`) with its defaults. ``kwargs``
     go to the constructor when ``encoder`` is a name or a config, and are refused otherwise.
     """
     if encoder is None:
-        encoder = "hashed"
+        encoder = DEFAULT_ENCODER
     if isinstance(encoder, str):
         return make_encoder(encoder, **kwargs)
     if isinstance(encoder, Mapping):
@@ -67,7 +70,7 @@ class EncodeInstruction(gym.ObservationWrapper, gym.utils.RecordConstructorArgs)
     Args:
         env: an environment with the Dict observation above.
         encoder: a :class:`~kalm_envs.text_encoders.TextEncoder`, a name or a ``config()`` dict;
-            default :class:`~kalm_envs.text_encoders.HashedNgramEncoder` ``()`` (256-d).
+            default :class:`~kalm_envs.text_encoders.OrderedNgramEncoder` ``()`` (512-d).
         state_key, instruction_key: the keys of the Dict observation.
     """
 
@@ -133,7 +136,7 @@ def resolve_env_id(env_id_or_level: str) -> str:
 
 def make_flat_env(
     env_id_or_level: str,
-    encoder: EncoderSpec = "hashed",
+    encoder: EncoderSpec = None,
     encoder_kwargs: Mapping[str, Any] | None = None,
     **env_kwargs: Any,
 ) -> EncodeInstruction:
@@ -142,7 +145,8 @@ def make_flat_env(
     Args:
         env_id_or_level: an id such as ``"KALM/CLEVRRobot-v0"`` or a level name (``"train"``,
             ``"rephrase"``, ``"easy"``, ``"hard"``).
-        encoder: an encoder instance, a name or a ``config()`` dict (see :func:`resolve_encoder`).
+        encoder: an encoder instance, a name or a ``config()`` dict (see :func:`resolve_encoder`);
+            None: the default encoder.
         encoder_kwargs: constructor arguments when ``encoder`` is a name or a config.
         **env_kwargs: passed to ``gym.make`` (``reward_mode``, ``render_mode``,
             ``max_episode_steps`` ...).

@@ -21,7 +21,8 @@ Design:
   call, as the released KALM generator does; both share every line except the decoder calls, and
   give the same greedy rollouts (up to float rounding of the states, ~1e-7 m).
 - **Stopping.** A rollout stops when the goal holds in a generated state (``is_success`` with the
-  episode's initial state, which MOVE goals need), or after ``max_steps`` (50, the env's limit:
+  episode's initial state, which MOVE goals need), or after ``max_steps`` (by default the level's
+  time limit, :data:`~kalm_envs.registration.EPISODE_STEPS`: one push on easy, 50 on the others;
   truncation), or at an invalid state (below). Finished rollouts are *removed* from the batch
   (their rows of the KV cache are dropped with ``DynamicCache.batch_select_indices``), so later
   steps cost only the live ones.
@@ -52,7 +53,7 @@ from kalm_envs.env import OBSERVATION_HIGH, OBSERVATION_LOW
 from kalm_envs.goals import GOAL_ARRAY_LEN, LEVELS, coerce_goal
 from kalm_envs.physics import STATE_DIM
 from kalm_envs.predicates import is_success, transition_outcome
-from kalm_envs.registration import ENV_IDS, MAX_EPISODE_STEPS
+from kalm_envs.registration import ENV_IDS, EPISODE_STEPS
 from kalm_envs.rollout import Episode
 from kalm_gen.sequences import ACTION_SLOT, STATE_SCALE, STATE_SLOT, TEXT, rollout_prompt
 
@@ -107,11 +108,22 @@ def check_level(level: str) -> str:
     return level
 
 
+def check_max_steps(level: str, max_steps: int | None = None) -> int:
+    """The step limit of rollouts on ``level``: ``max_steps``, or the level's time limit (1 push on
+    easy, 50 on the others) when None; ``ValueError`` unless it lies in [1, that limit]."""
+    limit = EPISODE_STEPS[check_level(level)]
+    if max_steps is None:
+        return limit
+    if not 1 <= max_steps <= limit:
+        raise ValueError(f"max_steps {max_steps} must lie in [1, {limit}], the time limit of {ENV_IDS[level]}")
+    return max_steps
+
+
 def level_tasks(level: str, episodes: int, seed: int) -> ImaginationTasks:
     """``episodes`` tasks of ``level``: episode ``i`` is ``env.reset(seed=seed + i)`` of the level's
     registered env (:data:`kalm_envs.registration.ENV_IDS`), so goals, wordings and initial states
-    follow the env's own distribution (and match ``oracle-<level>-v0`` episode by episode when the
-    seeds do)."""
+    follow the env's own distribution (and match the level's oracle dataset episode by episode when
+    the seeds do)."""
     import gymnasium as gym
 
     import kalm_envs  # noqa: F401  (registers the env ids)
@@ -274,10 +286,10 @@ def _choose_actions(logits: torch.Tensor, temperature: float, generators: list[t
 
 
 def _check_inputs(
-    goals: Any, instructions: Sequence[str], initial_states: Any, level: str, max_steps: int,
+    goals: Any, instructions: Sequence[str], initial_states: Any, level: str, max_steps: int | None,
     batch_size: int, temperature: float, seeds: Any,
-) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
-    check_level(level)
+) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray, int]:
+    max_steps = check_max_steps(level, max_steps)
     goal_arrays = np.stack([coerce_goal(g).to_array() for g in goals]) if len(goals) else np.zeros((0, GOAL_ARRAY_LEN), np.int64)
     instructions = [str(text) for text in instructions]
     states = np.asarray(initial_states, dtype=np.float32).reshape(-1, STATE_DIM) if len(initial_states) else np.zeros((0, STATE_DIM), np.float32)
@@ -287,8 +299,6 @@ def _check_inputs(
     if n and not state_valid(states).all():
         bad = np.flatnonzero(~state_valid(states)).tolist()
         raise ValueError(f"initial states {bad[:5]} are not finite or leave the workbench")
-    if not 1 <= max_steps <= MAX_EPISODE_STEPS:
-        raise ValueError(f"max_steps {max_steps} must lie in [1, {MAX_EPISODE_STEPS}]")
     if batch_size < 1:
         raise ValueError(f"batch_size {batch_size} must be at least 1")
     if not np.isfinite(temperature) or temperature < 0:
@@ -296,15 +306,15 @@ def _check_inputs(
     seeds = np.full(n, -1, dtype=np.int64) if seeds is None else np.asarray(seeds, dtype=np.int64)
     if seeds.shape != (n,):
         raise ValueError(f"seeds must hold one entry per episode ({n}), got shape {seeds.shape}")
-    return goal_arrays, instructions, states, seeds
+    return goal_arrays, instructions, states, seeds, max_steps
 
 
 def _generate(
     decoder_class: type[_Decoder], model: Any, goals: Any, instructions: Sequence[str], initial_states: Any,
-    level: str, max_steps: int, batch_size: int, temperature: float, seed: int, seeds: Any,
+    level: str, max_steps: int | None, batch_size: int, temperature: float, seed: int, seeds: Any,
     stop_early: bool, progress: bool,
 ) -> list[ImaginedEpisode]:
-    goal_arrays, instructions, initial, seeds = _check_inputs(
+    goal_arrays, instructions, initial, seeds, max_steps = _check_inputs(
         goals, instructions, initial_states, level, max_steps, batch_size, temperature, seeds
     )
     n = len(goal_arrays)
@@ -399,7 +409,7 @@ def imagine_rollouts(
     instructions: Sequence[str],
     initial_states: np.ndarray,
     level: str,
-    max_steps: int = MAX_EPISODE_STEPS,
+    max_steps: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     temperature: float = 0.0,
     seed: int = 0,
@@ -415,7 +425,8 @@ def imagine_rollouts(
         goals: ``Goal`` objects or ``(10,)`` goal arrays; instructions: their wordings;
             initial_states: ``(N, 10)`` ball centres.
         level: the goals' level (validated; recorded by the callers).
-        max_steps: step limit (the env's 50 at most); a rollout reaching it is truncated.
+        max_steps: step limit, at most the level's time limit and by default that limit (1 push
+            on easy, 50 on the others); a rollout reaching it is truncated.
         batch_size: rollouts generated together.
         temperature: 0 for greedy actions, else sampling temperature.
         seed: sampling seed; episode ``i`` draws from its own generator seeded by ``(seed, i)``.
@@ -450,6 +461,6 @@ def imagine_tasks(model: Any, tasks: ImaginationTasks, **kwargs: Any) -> list[Im
 
 __all__ = [
     "DEFAULT_BATCH_SIZE", "INVALID_RULE", "WORKBENCH_HIGH", "WORKBENCH_LOW",
-    "ImaginationTasks", "ImaginedEpisode", "check_level", "imagine_rollouts",
+    "ImaginationTasks", "ImaginedEpisode", "check_level", "check_max_steps", "imagine_rollouts",
     "imagine_rollouts_no_cache", "imagine_tasks", "label_episode", "level_tasks", "state_valid",
 ]

@@ -7,7 +7,8 @@ that state, unless ``drop_invalid``; a rollout cut at its first step has no step
 dropped. The metadata's ``kalm`` block holds the provenance: generator (model folder, base model,
 sha256 over the saved model's files), generation settings, seeds, and the counts of invalid and
 dropped rollouts. Reference scores are the random-policy and oracle mean returns on the level
-(:func:`kalm_envs.collector.reference_scores`), as for ``oracle-<level>-v0``.
+(:func:`kalm_envs.collector.reference_scores`), as for the level's oracle dataset. Rollouts stop
+at the level's time limit by default (one push on easy, 50 on the others).
 """
 
 from __future__ import annotations
@@ -22,25 +23,21 @@ from typing import Any
 import numpy as np
 
 from kalm_envs.collector import REF_EPISODES, REF_SEED_OFFSET, reference_scores
-from kalm_envs.dataset_specs import NAMESPACE, list_specs, package_version
+from kalm_envs.dataset_specs import get_spec, package_version, published_id
 from kalm_envs.minari_io import dataset_dir, staging_dir, write_dataset
-from kalm_envs.registration import ENV_IDS, MAX_EPISODE_STEPS
+from kalm_envs.registration import ENV_IDS, EPISODE_STEPS
 from kalm_gen.imagine import (
     DEFAULT_BATCH_SIZE,
     INVALID_RULE,
     ImaginedEpisode,
     check_level,
+    check_max_steps,
     imagine_tasks,
     level_tasks,
 )
 
 IMAGINED_LEVELS = ("rephrase", "easy", "hard")
 ALGORITHM_NAME = "GroundedLM-imagination"
-
-
-def imagined_id(level: str) -> str:
-    """The published id of ``level``'s imagined dataset."""
-    return f"{NAMESPACE}/imagined-{level}-v0"
 
 
 def model_checksum(folder: Path) -> str:
@@ -94,16 +91,18 @@ def write_imagined_dataset(
     drop_invalid: bool = False,
     temperature: float = 0.0,
     sample_seed: int = 0,
-    max_steps: int = MAX_EPISODE_STEPS,
+    max_steps: int | None = None,
     ref_episodes: int = REF_EPISODES,
     workers: int = 1,
     progress: bool = False,
     model: Any = None,
 ) -> Path:
     """Imagine ``episodes`` rollouts of ``level`` with the model saved in ``model_dir`` and write
-    them as ``dataset_id`` (default ``kalm/clevr-robot/imagined-<level>-v0``); return its folder.
+    them as ``dataset_id`` (default: the level's published imagined id, e.g.
+    ``kalm/clevr-robot/imagined-hard-v0``); return its folder.
 
-    ``episodes`` and ``seed`` default to the published spec's (2000 from seed 1000000).
+    ``episodes`` and ``seed`` default to the published spec's (2000 from seed 1000000);
+    ``max_steps`` to the level's time limit (1 on easy, 50 on the others), which it may not exceed.
     ``temperature`` 0 is greedy; else actions are sampled with ``sample_seed``. ``model`` may
     pass the already loaded model of ``model_dir`` (it is still checksummed from the folder).
 
@@ -115,11 +114,12 @@ def write_imagined_dataset(
     if level not in IMAGINED_LEVELS:
         check_level(level)  # names the levels when it is a typo
         raise ValueError(f"level {level!r} has no imagined dataset; imagined levels: {IMAGINED_LEVELS}")
-    dataset_id = dataset_id or imagined_id(level)
-    spec = list_specs().get(imagined_id(level))
-    episodes = spec.episodes if episodes is None and spec else episodes
-    seed = spec.seed if seed is None and spec else (seed or 0)
-    if episodes is None or episodes < 1:
+    spec = get_spec(published_id("imagined", level))
+    dataset_id = dataset_id or spec.id
+    episodes = spec.episodes if episodes is None else episodes
+    seed = spec.seed if seed is None else seed
+    max_steps = check_max_steps(level, max_steps)
+    if episodes < 1:
         raise ValueError(f"episodes {episodes} must be at least 1")
     if ref_episodes < 1 or workers < 1:
         raise ValueError(f"ref_episodes {ref_episodes} and workers {workers} must be at least 1")
@@ -147,6 +147,7 @@ def write_imagined_dataset(
     ref_scores = reference_scores(level, seed + REF_SEED_OFFSET, workers, work, ref_episodes)
     command = (f"kalm imagine --model {model_dir} --level {level} --episodes {episodes} --seed {seed} "
                f"--batch-size {batch_size} --id {dataset_id}" + (" --drop-invalid" if drop_invalid else "")
+               + (f" --max-steps {max_steps}" if max_steps != EPISODE_STEPS[level] else "")
                + (f" --temperature {temperature} --sample-seed {sample_seed}" if temperature > 0 else ""))
     provenance = {
         "source": "imagined",
@@ -154,7 +155,7 @@ def write_imagined_dataset(
         "seed": seed,
         "episodes_requested": episodes,
         "episodes": len(kept),
-        "spec": asdict(spec) if spec and dataset_id == spec.id else None,
+        "spec": asdict(spec) if dataset_id == spec.id else None,
         "generator": generator,
         "generation": {
             "decoding": "greedy" if temperature <= 0 else "sampled",
@@ -180,7 +181,7 @@ def write_imagined_dataset(
         "kalm_gym_version": package_version(),
         "versions": _versions(),
     }
-    description = spec.description if spec and dataset_id == spec.id else (
+    description = spec.description if dataset_id == spec.id else (
         f"Rollouts imagined by a grounded LLM for CLEVR-Robot {level} goals.")
     return write_dataset(dataset_id, kept, ENV_IDS[level], description, provenance, ref_scores,
                          algorithm_name=ALGORITHM_NAME)

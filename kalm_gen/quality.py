@@ -26,7 +26,7 @@ import torch
 
 from kalm_envs.goals import Goal
 from kalm_envs.language import parse_instruction
-from kalm_envs.registration import ENV_IDS, MAX_EPISODE_STEPS
+from kalm_envs.registration import ENV_IDS
 from kalm_envs.rollout import Episode
 from kalm_gen.imagine import (
     DEFAULT_BATCH_SIZE,
@@ -84,9 +84,10 @@ def replay_rollouts(level: str, tasks: ImaginationTasks, rollouts: Sequence[Epis
 
 def rollout_quality(
     model: Any, level: str, episodes: int = 50, seed: int = QUALITY_SEED,
-    batch_size: int = DEFAULT_BATCH_SIZE, max_steps: int = MAX_EPISODE_STEPS,
+    batch_size: int = DEFAULT_BATCH_SIZE, max_steps: int | None = None,
 ) -> dict[str, Any]:
-    """The rollout metrics of the module docstring on ``episodes`` tasks of ``level``."""
+    """The rollout metrics of the module docstring on ``episodes`` tasks of ``level``; rollouts
+    stop at ``max_steps`` (default: the level's time limit, 1 push on easy, 50 on the others)."""
     tasks = level_tasks(level, episodes, seed)
     rollouts: list[ImaginedEpisode] = imagine_tasks(model, tasks, max_steps=max_steps, batch_size=batch_size)
     replay = replay_rollouts(level, tasks, rollouts)

@@ -9,6 +9,10 @@ below 2,000,000). A policy sees only what the env observes, ``{"observation": (1
   all running episodes, so a neural policy gets a batch), or
 - a plain callable ``observation -> int``.
 
+The scripted oracle (:class:`ScriptedOracleBaseline`) is the one exception: it reads the
+structured goal, so it runs the same episodes itself (``evaluate_level``) instead of acting on
+observations. It is the ceiling of the success table.
+
 >>> from kalm_rl.evaluation import RandomPolicy, evaluate_policy
 >>> result = evaluate_policy(RandomPolicy(seed=0), "easy", episodes=10)
 >>> result.successes.shape
@@ -39,6 +43,7 @@ __all__ = [
     "LevelResult",
     "Policy",
     "RandomPolicy",
+    "ScriptedOracleBaseline",
     "as_batch_policy",
     "bar_chart",
     "episode_seeds",
@@ -107,6 +112,34 @@ class RandomPolicy:
 
     def __call__(self, observation: Mapping[str, Any]) -> int:
         return int(self.rng.integers(N_ACTIONS))
+
+
+class ScriptedOracleBaseline:
+    """The scripted oracle (:class:`kalm_envs.oracle.ScriptedOracle`, no random pushes) on the
+    evaluation episodes: the same goals and initial states as every policy, but it sees the
+    structured goal, which a policy never does. ``workers`` processes run its episodes."""
+
+    label = "scripted oracle"
+
+    def __init__(self, workers: int = 1) -> None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers {workers!r} must be an integer >= 1")
+        self.workers = workers
+
+    def evaluate_level(self, level: str, episodes: int, seed: int = 0) -> LevelResult:
+        """The oracle's :class:`LevelResult` on the evaluation episodes of ``level``."""
+        from kalm_envs.oracle import oracle_episodes
+
+        _check_level(level)
+        seeds = episode_seeds(episodes, seed)
+        run = oracle_episodes(level, seeds.tolist(), epsilon=0.0, workers=self.workers)
+        return _level_result(
+            level,
+            seeds,
+            np.array([e.success for e in run], dtype=bool),
+            np.array([e.length for e in run], dtype=np.int64),
+            np.stack([e.goal for e in run]),
+        )
 
 
 @dataclass
@@ -233,12 +266,19 @@ def evaluate_policy(
         for env in envs:
             env.close()
     successes, lengths, goals = (np.concatenate(column) for column in zip(*parts, strict=True))
+    return _level_result(level, seeds, successes, lengths, goals)
+
+
+def _level_result(
+    level: str, seeds: np.ndarray, successes: np.ndarray, lengths: np.ndarray, goals: np.ndarray
+) -> LevelResult:
+    """A :class:`LevelResult` from ``(N,)`` seeds, successes and lengths and ``(N, 10)`` goals."""
     by_family: dict[str, list[bool]] = defaultdict(list)
     for goal, success in zip(goals, successes, strict=True):
         by_family[Goal.from_array(goal).family].append(bool(success))
     return LevelResult(
         level=level,
-        episodes=episodes,
+        episodes=len(seeds),
         seeds=seeds,
         successes=successes,
         lengths=lengths,
@@ -289,7 +329,11 @@ def evaluate_policies(
     for name, policies in groups.items():
         methods[name] = {}
         for level in levels:
-            results = [evaluate_policy(p, level, episodes, seed, batch_envs) for p in policies]
+            results = [
+                p.evaluate_level(level, episodes, seed) if isinstance(p, ScriptedOracleBaseline)
+                else evaluate_policy(p, level, episodes, seed, batch_envs)
+                for p in policies
+            ]
             rates = [r.success_rate for r in results]
             mean, stderr = _mean_and_stderr(rates)
             methods[name][level] = {

@@ -11,7 +11,8 @@ once per batch:
 >>> evaluate_policy(policy, "easy")                           # doctest: +SKIP
 
 Pass the encoder the model was trained with (an instance, a name or a ``config()`` dict); the
-default is the env wrapper's default, the 256-d hashed n-gram encoder.
+default is the env wrapper's default, the 512-d ``ordered`` encoder (hashed n-grams and ordered
+word pairs).
 """
 
 from __future__ import annotations

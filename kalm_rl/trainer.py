@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from kalm_envs.atomic import atomic_path, atomic_write_text
 from kalm_envs.loader import load_transitions
-from kalm_envs.text_encoders import ENCODER_NAMES, make_encoder
+from kalm_envs.text_encoders import DEFAULT_ENCODER, ENCODER_NAMES, make_encoder
 from kalm_rl.data import Batch, OfflineData
 from kalm_rl.devices import resolve_device
 from kalm_rl.learners import Learner, learner_class, make_learner
@@ -59,7 +59,8 @@ class TrainConfig:
         datasets: real dataset ids or folders; ``imagined``: imagined (or oracle) ones.
         real_fraction: share of each batch drawn from ``datasets`` when ``imagined`` is given
             (0.5 is the KALM paper's 1:1).
-        encoder: instruction encoder name (``hashed`` or ``minilm``), saved with the policy.
+        encoder: instruction encoder name (``ordered``, ``hashed`` or ``minilm``), saved with the
+            policy.
         updates: gradient steps; ``batch_size``: transitions per step.
         reward_scale: rewards are multiplied by this (the success step's 100 becomes 1).
         output: the run folder.
@@ -76,7 +77,7 @@ class TrainConfig:
     output: str
     imagined: list[str] = field(default_factory=list)
     real_fraction: float = 0.5
-    encoder: str = "hashed"
+    encoder: str = DEFAULT_ENCODER
     params: dict[str, Any] = field(default_factory=dict)
     updates: int = 20_000
     batch_size: int = 256

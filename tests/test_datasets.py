@@ -17,12 +17,13 @@ import pytest
 
 from kalm_envs import ENV_IDS
 from kalm_envs.collector import build_dataset
-from kalm_envs.dataset_specs import get_spec, list_specs
+from kalm_envs.dataset_specs import get_spec, list_specs, published_id
 from kalm_envs.kalm_import import import_kalm
 from kalm_envs.loader import load_transitions
 from kalm_envs.minari_io import DatasetError, dataset_dir, read_episodes, read_metadata, staging_dir
 from kalm_envs.minari_io import write_dataset
 from kalm_envs.oracle import oracle_episodes
+from kalm_envs.rollout import run_episode
 from kalm_envs.verify import verify_dataset
 from tests.helpers import temporary_minari_root
 
@@ -48,9 +49,16 @@ def built_real(tmp_path_factory):
 
 def test_specs_cover_the_published_ids():
     specs = list_specs()
-    assert set(specs) == {REAL, HARD, "kalm/clevr-robot/oracle-easy-v0", "kalm/clevr-robot/oracle-rephrase-v0",
-                          *(f"kalm/clevr-robot/imagined-{level}-v0" for level in ("rephrase", "easy", "hard"))}
+    assert set(specs) == {REAL, HARD, "kalm/clevr-robot/oracle-easy-v1", "kalm/clevr-robot/oracle-rephrase-v0",
+                          "kalm/clevr-robot/imagined-rephrase-v0", "kalm/clevr-robot/imagined-easy-v1",
+                          "kalm/clevr-robot/imagined-hard-v0"}
     assert specs[REAL].episodes == 10_000 and specs[REAL].level == "train"
+    assert published_id("oracle", "hard") == HARD and published_id("imagined", "easy") == "kalm/clevr-robot/imagined-easy-v1"
+    assert specs[published_id("oracle", "easy")].env_id == ENV_IDS["easy"] == "KALM/CLEVRRobot-Easy-v1"
+    assert "one push" in specs["kalm/clevr-robot/oracle-easy-v1"].description
+    assert "the level's 1-step limit" in specs["kalm/clevr-robot/oracle-easy-v1"].card()
+    with pytest.raises(ValueError, match="'imagined' on level 'train'"):
+        published_id("imagined", "train")
     card = specs[HARD].card()
     for needle in ("infos[\"goal\"]", "Reward", "Citation", "kalm datasets build " + HARD, "pang2024kalm"):
         assert needle in card
@@ -217,6 +225,32 @@ def test_verify_cli_exits_nonzero_on_a_bad_dataset(built_real, tmp_path):
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert not report["ok"] and report["checks"]["predicates"]
     assert "FAIL" in out.stdout
+
+
+def test_easy_data_of_the_retired_50_step_env_is_refused(minari_root):
+    """Easy episodes of up to 50 pushes, as KALM/CLEVRRobot-Easy-v0 recorded them: under the v1 id
+    verify flags their lengths; under their own (retired) id the reader and verify refuse them."""
+    env = gym.make(ENV_IDS["easy"], max_episode_steps=50)
+    rng = np.random.default_rng(0)
+    episodes = [run_episode(env, lambda observation, info: int(rng.integers(40)), seed) for seed in range(6)]
+    assert max(e.length for e in episodes) > 1
+    write_dataset("kalm/test/easy-old-v0", episodes, ENV_IDS["easy"], "t", {}, (0.0, 1.0), "random")
+    report = verify_dataset("kalm/test/easy-old-v0")
+    assert not report.checks["env"] and any("over the easy level's limit of 1" in p for p in report.checks["lengths"])
+
+    metadata_file = dataset_dir("kalm/test/easy-old-v0") / "data" / "metadata.json"
+    metadata = json.loads(metadata_file.read_text())
+    env_spec = json.loads(metadata["env_spec"])
+    metadata["env_spec"] = json.dumps({**env_spec, "id": "KALM/CLEVRRobot-Easy-v0", "max_episode_steps": 50})
+    metadata_file.write_text(json.dumps(metadata))
+    expected = r"retired env KALM/CLEVRRobot-Easy-v0: the easy level changed to one push .* kalm/clevr-robot/oracle-easy-v1"
+    with pytest.raises(ValueError, match=expected):
+        load_transitions("kalm/test/easy-old-v0")
+    report = verify_dataset("kalm/test/easy-old-v0")
+    assert not report.ok and "kalm/clevr-robot/imagined-easy-v1" in report.checks["env"][0]
+    out = subprocess.run([sys.executable, "-m", "kalm.cli", "datasets", "verify", "kalm/test/easy-old-v0"],
+                         capture_output=True, text=True, env={**os.environ, "MINARI_DATASETS_PATH": str(minari_root)})
+    assert out.returncode == 1 and "FAIL env" in out.stdout and "one push" in out.stdout
 
 
 def test_kalm_import_round_trips_every_transition(minari_root):

@@ -10,11 +10,15 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import kalm_envs
-from kalm_envs import ENV_IDS, Goal
+from kalm_envs import ENV_IDS, EPISODE_STEPS, Goal
 from kalm_envs.language import parse_instruction
+from kalm_envs.predicates import MOVE_MIN_DISPLACEMENT
 from tests.helpers import scene
 
 IDS = list(ENV_IDS.values())
+RED, BLUE = 0, 1
+RIGHT = 3  # goal direction +x
+PUSH_RIGHT, PUSH_LEFT, PUSH_RIGHT_BEHIND = 0, 2, 4  # action directions (1,0), (-1,0), (.8,.8)
 
 
 def rollout(env, seed, actions):
@@ -28,11 +32,11 @@ def rollout(env, seed, actions):
     return trace
 
 
-@pytest.mark.parametrize("env_id", IDS)
-def test_gymnasium_check_env(env_id):
-    env = gym.make(env_id, render_mode="rgb_array")
+@pytest.mark.parametrize("level", list(ENV_IDS))
+def test_gymnasium_check_env(level):
+    env = gym.make(ENV_IDS[level], render_mode="rgb_array")
     check_env(env.unwrapped)
-    assert env.spec.max_episode_steps == 50
+    assert env.spec.max_episode_steps == EPISODE_STEPS[level] == (1 if level == "easy" else 50)
     assert env.action_space == gym.spaces.Discrete(40)
 
 
@@ -82,6 +86,58 @@ def test_episode_truncates_at_50_steps_and_terminates_on_success():
     env.reset(seed=0, options={"goal": Goal.relation(0, 1, 1), "initial_state": scene(red=(-0.2, 0.45), blue=(0.1, 0.2))})
     _, reward, terminated, truncated, info = env.step(0 * 8 + 3)  # push red in -y (front)
     assert terminated and info["is_success"] and reward == 100.0
+
+
+def push_once(state, action):
+    """One step of the easy env from a hand-made ``state`` with the goal "move red right" (+x):
+    (terminated, truncated, is_success, red's displacement along +x in m, from the physics)."""
+    env = gym.make(ENV_IDS["easy"])
+    before, _ = env.reset(options={"goal": Goal.move(RED, RIGHT), "initial_state": state})
+    after, _, terminated, truncated, info = env.step(action)
+    shift = float(after["observation"][2 * RED] - before["observation"][2 * RED])
+    return terminated, truncated, info["is_success"], shift
+
+
+def test_easy_push_of_ball_a_along_the_axis_succeeds_in_one_step():
+    terminated, truncated, success, shift = push_once(scene(red=(0.0, 0.2)), RED * 8 + PUSH_RIGHT)
+    assert shift >= MOVE_MIN_DISPLACEMENT and success and terminated
+    assert truncated  # Gymnasium's TimeLimit marks the last allowed step too; termination prevails
+
+
+def test_easy_push_the_wrong_way_is_truncated_after_one_step():
+    terminated, truncated, success, shift = push_once(scene(red=(0.0, 0.2)), RED * 8 + PUSH_LEFT)
+    assert shift < 0 and not success and not terminated and truncated
+
+
+def test_easy_push_into_the_wall_fails():
+    # red 0.03 m from the farthest its centre can go on the right (x = 0.47): the wall stops it
+    terminated, truncated, success, shift = push_once(scene(red=(0.44, 0.2)), RED * 8 + PUSH_RIGHT)
+    assert shift < MOVE_MIN_DISPLACEMENT and not success and not terminated and truncated
+
+
+def test_easy_ball_a_moved_by_a_collision_succeeds():
+    # blue, pushed right-and-behind, hits red lying 0.01 m away in that direction and carries it
+    # along; the pusher itself never touches red
+    red = np.array([-0.3, 0.0]) + 0.27 * np.array([1.0, 1.0]) / np.sqrt(2)
+    terminated, truncated, success, shift = push_once(scene(blue=(-0.3, 0.0), red=tuple(red)), BLUE * 8 + PUSH_RIGHT_BEHIND)
+    assert shift >= MOVE_MIN_DISPLACEMENT and success and terminated and truncated
+
+
+def test_easy_ids_in_a_fresh_process():
+    code = (
+        "import gymnasium as gym, kalm_envs\n"
+        "env = gym.make('KALM/CLEVRRobot-Easy-v1')\n"
+        "env.reset(seed=0)\n"
+        "assert env.spec.max_episode_steps == 1\n"
+        "_, _, terminated, truncated, _ = env.step(0)\n"
+        "assert terminated or truncated\n"
+        "try:\n"
+        "    gym.make('KALM/CLEVRRobot-Easy-v0')\n"
+        "except gym.error.DeprecatedEnv as error:\n"
+        "    print(error)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "KALM/CLEVRRobot-Easy-v1" in out.stdout and "v0" in out.stdout
 
 
 def test_reset_options_goal_forms_instruction_and_initial_state():

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 from kalm.cli import main
 from kalm_envs import ENV_IDS, Goal
+from kalm_envs.oracle import oracle_episodes
 from kalm_envs.rollout import run_episode
 from kalm_envs.wrappers import make_flat_env
 from kalm_rl.evaluation import (
     EVAL_SEED,
     RandomPolicy,
+    ScriptedOracleBaseline,
     evaluate_policies,
     evaluate_policy,
     markdown_table,
@@ -131,6 +133,28 @@ def test_groups_report_mean_and_standard_error_over_their_policies():
     assert f"| random | {cell} |" in table
 
 
+def test_scripted_oracle_runs_the_same_episodes_as_the_policies(tmp_path, capsys):
+    oracle = ScriptedOracleBaseline(workers=1)
+    result = oracle.evaluate_level("train", episodes=6, seed=3)
+    policy_run = evaluate_policy(RandomPolicy(0), "train", episodes=6, seed=3)
+    np.testing.assert_array_equal(result.seeds, policy_run.seeds)
+    # the same goals: the oracle's own episodes of those seeds, reset by the evaluator's env
+    episodes = oracle_episodes("train", result.seeds.tolist())
+    assert result.successes.tolist() == [e.success for e in episodes]
+    assert result.lengths.tolist() == [e.length for e in episodes]
+    assert result.success_rate > policy_run.success_rate
+    report = evaluate_policies({"random": [RandomPolicy(0)], oracle.label: [oracle]}, ["easy"], episodes=8)
+    assert list(report["methods"]) == ["random", "scripted oracle"]
+    assert report["methods"]["scripted oracle"]["easy"]["success_rate"] > 0.5
+    argv = ["evaluate", "--baseline", "random", "--baseline", "oracle", "--levels", "easy",
+            "--episodes", "8", "--output", str(tmp_path), "--json"]
+    assert main(argv) == 0
+    cli = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert cli["methods"]["scripted oracle"] == report["methods"]["scripted oracle"]
+    with pytest.raises(ValueError, match="workers 0"):
+        ScriptedOracleBaseline(workers=0)
+
+
 def test_write_report_writes_json_markdown_and_png(tmp_path):
     report = evaluate_policies(
         {"a": [RandomPolicy(0), RandomPolicy(1)], "b": [RandomPolicy(2)]}, ["easy", "hard"], 4
@@ -192,7 +216,7 @@ def test_sb3_and_d3rlpy_adapters_run_through_the_evaluator():
 
     class ConstantAlgo:
         def predict(self, batch):
-            assert batch.dtype == np.float32 and batch.shape[1] == 10 + 256
+            assert batch.dtype == np.float32 and batch.shape[1] == 10 + 512  # the ordered encoder
             return np.full(len(batch), 3)
 
     result = evaluate_policy(from_d3rlpy(ConstantAlgo()), "easy", episodes=4, batch_envs=4)

@@ -19,7 +19,7 @@ import torch
 from kalm.commands import imagine as imagine_command
 from kalm.commands import imagine_eval as imagine_eval_command
 from kalm_envs.collector import build_dataset
-from kalm_envs.dataset_specs import get_spec, list_specs
+from kalm_envs.dataset_specs import get_spec, list_specs, published_id
 from kalm_envs.goals import Goal
 from kalm_envs.language import instruction_variants
 from kalm_envs.minari_io import read_episodes, read_metadata
@@ -35,7 +35,7 @@ from kalm_gen.imagine import (
     level_tasks,
     state_valid,
 )
-from kalm_gen.imagine_dataset import imagined_id, model_checksum, write_imagined_dataset
+from kalm_gen.imagine_dataset import model_checksum, write_imagined_dataset
 from kalm_gen.quality import (
     EXPLANATION_KEYS,
     ROLLOUT_KEYS,
@@ -49,7 +49,7 @@ from kalm_gen.tiny import make_tiny_lm
 from tests.helpers import scene, temporary_minari_root
 
 RED, BLUE, GREEN, CYAN = 0, 1, 2, 4
-BEHIND, RIGHT = 0, 3
+BEHIND, LEFT, RIGHT = 0, 1, 3
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -85,6 +85,11 @@ def easy_tasks():
     return level_tasks("easy", 6, 0)
 
 
+@pytest.fixture(scope="module")
+def rephrase_tasks():
+    return level_tasks("rephrase", 6, 0)
+
+
 # --- generation -------------------------------------------------------------------------------
 
 
@@ -101,8 +106,8 @@ def test_level_tasks_follow_the_env(easy_tasks):
     assert easy_tasks.seeds.tolist() == list(range(6))
 
 
-def test_cache_and_no_cache_give_identical_greedy_rollouts(model, easy_tasks):
-    args = (model, easy_tasks.goals, easy_tasks.instructions, easy_tasks.initial_states, "easy")
+def test_cache_and_no_cache_give_identical_greedy_rollouts(model, rephrase_tasks):
+    args = (model, rephrase_tasks.goals, rephrase_tasks.instructions, rephrase_tasks.initial_states, "rephrase")
     cached = imagine_rollouts(*args, batch_size=4)  # two batches; rows leave the batch as they end
     plain = imagine_rollouts_no_cache(*args, batch_size=4)
     single = imagine_rollouts(*args, batch_size=1)  # no padding at all
@@ -158,6 +163,21 @@ def test_rollouts_stop_at_success_step_limit_and_invalid_states(model):
             assert np.array_equal(is_success(episode.observations, goal, initial), episode.successes)
 
 
+def test_easy_rollouts_stop_after_one_push(model):
+    """Red drifts 0.16 m to the right per step: after the one step of an easy rollout, "move red
+    right" holds and the rollout terminates; the other goals are truncated there, not run on."""
+    goals = [Goal.move(RED, RIGHT), Goal.move(RED, LEFT), Goal.move(BLUE, RIGHT)]
+    instructions = ["Push the red ball to the right.", "Push the red ball to the left.", "Push the blue ball to the right."]
+    states = np.stack([scene(red=(0.0, 0.2), blue=(-0.3, 0.2))] * 3).astype(np.float32)
+    reached, wrong_way, other_ball = imagine_rollouts(rigged(model, drift(1.6)), goals, instructions, states, "easy")
+    assert [e.length for e in (reached, wrong_way, other_ball)] == [1, 1, 1]
+    assert reached.success and reached.terminations.tolist() == [True] and not reached.truncations.any()
+    for episode in (wrong_way, other_ball):
+        assert not episode.success and episode.truncations.tolist() == [True] and not episode.terminations.any()
+    with pytest.raises(ValueError, match=r"max_steps 2 must lie in \[1, 1\], the time limit of KALM/CLEVRRobot-Easy-v1"):
+        imagine_rollouts(model, goals, instructions, states, "easy", max_steps=2)
+
+
 def test_non_finite_states_are_flagged(model, easy_tasks):
     episodes = imagine_rollouts(rigged(model, [float("nan")] * 10), easy_tasks.goals, easy_tasks.instructions,
                                 easy_tasks.initial_states, "easy")
@@ -174,8 +194,10 @@ def test_bad_generation_input(model, easy_tasks):
         level_tasks("hrad", 3, 0)
     with pytest.raises(ValueError, match="counts differ"):
         imagine_rollouts(model, easy_tasks.goals, easy_tasks.instructions[:2], easy_tasks.initial_states, "easy")
-    with pytest.raises(ValueError, match="max_steps"):
-        imagine_rollouts(*args, "easy", max_steps=51)
+    with pytest.raises(ValueError, match=r"max_steps 2 must lie in \[1, 1\]"):
+        imagine_rollouts(*args, "easy", max_steps=2)
+    with pytest.raises(ValueError, match=r"max_steps 51 must lie in \[1, 50\]"):
+        imagine_rollouts(*args, "rephrase", max_steps=51)
 
 
 # --- datasets ---------------------------------------------------------------------------------
@@ -187,38 +209,42 @@ def test_imagined_specs_and_build_refusal(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
     specs = list_specs()
     for level in ("rephrase", "easy", "hard"):
-        spec = specs[imagined_id(level)]
+        spec = specs[published_id("imagined", level)]
         assert spec.source == "imagined" and spec.level == level
         assert f"kalm imagine --model MODEL_DIR --level {level}" in spec.card()
-    assert specs["kalm/clevr-robot/oracle-easy-v0"].source == "oracle"
+    assert specs["kalm/clevr-robot/oracle-easy-v1"].source == "oracle"
     with pytest.raises(ValueError, match="kalm imagine"):
-        build_dataset(get_spec(imagined_id("easy")))
-    assert main(["datasets", "build", imagined_id("hard")]) == 2
+        build_dataset(get_spec(published_id("imagined", "easy")))
+    assert main(["datasets", "build", published_id("imagined", "hard")]) == 2
     assert "kalm imagine --model MODEL_DIR --level hard" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
 def written(model, tmp_path_factory):
-    """A saved drifting model, and two imagined easy datasets of it: all kept, invalid dropped."""
+    """Saved drifting models, two imagined rephrase datasets of the slow one (all kept, invalid
+    dropped) and an imagined easy dataset of the fast one."""
     folder = tmp_path_factory.mktemp("model") / "grounded"
     rigged(model, drift(0.1)).save(folder)
+    fast = tmp_path_factory.mktemp("model") / "fast"
+    rigged(model, drift(1.6)).save(fast)
     with temporary_minari_root(tmp_path_factory.mktemp("minari")) as root:
         settings = dict(episodes=10, seed=0, batch_size=4, ref_episodes=2)
-        kept = write_imagined_dataset(folder, "easy", **settings)
-        dropped = write_imagined_dataset(folder, "easy", dataset_id="test/imagined-dropped-v0",
+        kept = write_imagined_dataset(folder, "rephrase", **settings)
+        dropped = write_imagined_dataset(folder, "rephrase", dataset_id="test/imagined-dropped-v0",
                                          drop_invalid=True, **settings)
-        yield {"folder": folder, "root": root, "kept": kept, "dropped": dropped}
+        easy = write_imagined_dataset(fast, "easy", **settings)
+        yield {"folder": folder, "root": root, "kept": kept, "dropped": dropped, "easy": easy}
 
 
 def test_written_dataset_verifies_loads_and_has_provenance(written):
-    dataset_id = imagined_id("easy")
+    dataset_id = published_id("imagined", "rephrase")
     assert verify_dataset(dataset_id).ok
     dataset = minari.load_dataset(dataset_id)
     assert dataset.total_episodes == 10
-    assert dataset.recover_environment().spec.id == "KALM/CLEVRRobot-Easy-v0"
+    assert dataset.recover_environment().spec.id == "KALM/CLEVRRobot-Rephrase-v0"
     metadata = read_metadata(dataset_id)
     kalm = metadata["kalm"]
-    assert kalm["source"] == "imagined" and kalm["level"] == "easy" and kalm["seed"] == 0
+    assert kalm["source"] == "imagined" and kalm["level"] == "rephrase" and kalm["seed"] == 0
     assert kalm["generator"]["model_sha256"] == model_checksum(written["folder"])
     assert kalm["generator"]["base_model"] == kalm["generator"]["config"]["base_model"]
     generation = kalm["generation"]
@@ -229,7 +255,7 @@ def test_written_dataset_verifies_loads_and_has_provenance(written):
     assert metadata["ref_min_score"] is not None and metadata["ref_max_score"] is not None
     # the stored episodes are what the generator makes of the env's tasks
     lm = GroundedLM.load(written["folder"])
-    again = imagine_tasks(lm, level_tasks("easy", 10, 0), batch_size=4)
+    again = imagine_tasks(lm, level_tasks("rephrase", 10, 0), batch_size=4)
     stored = read_episodes(dataset_id)
     assert [e.actions.tolist() for e in stored] == [e.actions.tolist() for e in again]
     assert [e.seed for e in stored] == list(range(10))
@@ -237,8 +263,22 @@ def test_written_dataset_verifies_loads_and_has_provenance(written):
     assert counts["cut_episodes"] == [i for i, e in enumerate(e for e in again if e.length) if e.invalid]
 
 
+def test_written_easy_dataset_is_one_push_per_episode(written):
+    """The fast model moves red 0.16 m in its one step: exactly the "move red right" goals succeed."""
+    dataset_id = published_id("imagined", "easy")
+    assert dataset_id == "kalm/clevr-robot/imagined-easy-v1" and verify_dataset(dataset_id).ok
+    env = minari.load_dataset(dataset_id).recover_environment()
+    assert env.spec.id == "KALM/CLEVRRobot-Easy-v1" and env.spec.max_episode_steps == 1
+    kalm = read_metadata(dataset_id)["kalm"]
+    assert kalm["generation"]["max_steps"] == 1 and "--max-steps" not in kalm["build_command"]
+    stored = read_episodes(dataset_id)
+    assert stored and all(e.length == 1 for e in stored)
+    assert [e.success for e in stored] == [Goal.from_array(e.goal) == Goal.move(RED, RIGHT) for e in stored]
+    assert [e.truncations.tolist() for e in stored] == [[not e.success] for e in stored]
+
+
 def test_drop_invalid_drops_the_cut_rollouts(written):
-    kept = read_metadata(imagined_id("easy"))["kalm"]["counts"]
+    kept = read_metadata(published_id("imagined", "rephrase"))["kalm"]["counts"]
     report = verify_dataset("test/imagined-dropped-v0")
     counts = read_metadata("test/imagined-dropped-v0")["kalm"]["counts"]
     assert report.ok and report.episodes == 10 - kept["invalid"]
@@ -255,7 +295,9 @@ def test_writer_bad_input(written, model, tmp_path):
     with pytest.raises(FileNotFoundError, match="no grounded LM"):
         write_imagined_dataset(tmp_path / "missing", "easy", episodes=2, dataset_id="test/missing-v0")
     with pytest.raises(FileExistsError):
-        write_imagined_dataset(folder, "easy", episodes=2)
+        write_imagined_dataset(folder, "rephrase", episodes=2)
+    with pytest.raises(ValueError, match=r"max_steps 2 must lie in \[1, 1\]"):
+        write_imagined_dataset(folder, "easy", episodes=2, dataset_id="test/long-easy-v0", max_steps=2)
     nan_dir = tmp_path / "nan"
     rigged(model, [float("nan")] * 10).save(nan_dir)
     with pytest.raises(ValueError, match="invalid"):
@@ -272,7 +314,7 @@ def test_rollout_quality_metrics(model):
         assert 0.0 <= report[key] <= 1.0
     assert report["state_error_mean"] is None or 0 <= report["state_error_mean"] <= report["state_error_max"]
     still = rollout_quality(rigged(model, [0.0] * 10), "easy", episodes=2)
-    assert still["goal_match_rate"] == 0.0 and still["out_of_workbench_rate"] == 0.0 and still["mean_length"] == 50
+    assert still["goal_match_rate"] == 0.0 and still["out_of_workbench_rate"] == 0.0 and still["mean_length"] == 1
 
 
 def test_replaying_simulator_rollouts_is_consistent():
@@ -326,17 +368,19 @@ def test_commands(written, capsys):
         "--model", folder, "--level", "hard", "--episodes", "3", "--seed", "5", "--batch-size", "3",
         "--ref-episodes", "1", "--drop-invalid",
     ]))
-    assert code == 0 and report["verified"] and report["id"] == imagined_id("hard")
+    assert code == 0 and report["verified"] and report["id"] == published_id("imagined", "hard")
     assert report["episodes"] == report["generated"] - report["dropped"] and "verify: passed" in text
     json.dumps(report)
     report, text, code = imagine_eval_command.run(_parse(imagine_eval_command, [
-        "--model", folder, "--levels", "easy", "--episodes", "2", "--real-dataset", imagined_id("easy"),
+        "--model", folder, "--levels", "easy", "--episodes", "2", "--real-dataset", published_id("imagined", "easy"),
         "--real-episodes", "2", "--threads", "1",
     ]))
     assert code == 0 and "goal match" in text and "explanation on 2 held-out episodes" in text
     assert set(ROLLOUT_KEYS) <= set(report["levels"]["easy"])
     assert 0.0 <= report["explanation"]["accuracy"] <= 1.0
     json.dumps(report)
+    with pytest.raises(ValueError, match=r"max_steps 2 must lie in \[1, 1\]"):
+        imagine_command.run(_parse(imagine_command, ["--model", folder, "--level", "easy", "--max-steps", "2"]))
     with pytest.raises(SystemExit):
         _parse(imagine_command, ["--model", folder, "--level", "hrad"])
     assert "invalid choice: 'hrad'" in capsys.readouterr().err

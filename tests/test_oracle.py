@@ -3,18 +3,38 @@
 import numpy as np
 import pytest
 
+from kalm_envs import EPISODE_STEPS
 from kalm_envs.goals import Goal
 from kalm_envs.oracle import ScriptedOracle, goal_cost, oracle_episodes
+from kalm_envs.physics import N_ACTIONS, ClevrPhysics
+from kalm_envs.predicates import is_success
 
 
-@pytest.mark.parametrize("level, episodes, minimum", [("train", 40, 0.95), ("rephrase", 20, 0.95), ("easy", 40, 0.95), ("hard", 40, 0.75)])
+@pytest.mark.parametrize("level, episodes, minimum", [("train", 40, 0.95), ("rephrase", 20, 0.95), ("easy", 40, 0.9), ("hard", 40, 0.75)])
 def test_oracle_solves_each_level(level, episodes, minimum):
     results = oracle_episodes(level, range(1000, 1000 + episodes))
     rate = np.mean([e.success for e in results])
     assert rate >= minimum, f"{level}: {rate:.0%}"
     for episode in results:
-        assert episode.length <= 50
+        assert episode.length <= EPISODE_STEPS[level]
         assert episode.terminations[-1] == episode.success
+
+
+def test_oracle_misses_only_easy_goals_that_no_single_push_reaches():
+    """An easy episode is one push; about 6% of the drawn goals cannot be met by any of the 40
+    (e.g. a ball pressed into a wall, or blocked by another ball): the oracle fails only those."""
+    physics = ClevrPhysics()
+    missed = [e for e in oracle_episodes("easy", range(1000, 1040)) if not e.success]
+    assert missed
+    for episode in missed:
+        start = episode.observations[0].astype(np.float64)
+        outcomes = []
+        for action in range(N_ACTIONS):
+            physics.set_ball_positions(start)
+            physics.push(action)
+            outcomes.append(physics.ball_positions())
+        goals, initial = np.tile(episode.goal, (N_ACTIONS, 1)), np.tile(start, (N_ACTIONS, 1))
+        assert not is_success(np.stack(outcomes), goals, initial).any(), f"seed {episode.seed}"
 
 
 def test_random_policy_is_far_below_the_oracle():

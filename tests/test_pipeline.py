@@ -16,7 +16,7 @@ from kalm.pipeline.cache import MARKER, stage_hash
 from kalm.pipeline.stages import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ("bc/real", "bc/real+imagined", "bc/real+oracle")
+METHODS = ("random", "bc/real", "bc/real+imagined", "bc/real+oracle", "scripted oracle")
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -44,6 +44,7 @@ def test_smoke_run_writes_the_report(first) -> None:
     run = root / "smoke"
     assert list(report["stages"]) == list(STAGES) and not any(_reused(report).values())
     text = (run / "report.md").read_text()
+    assert list(report["evaluation"]["methods"]) == list(METHODS)  # floor first, ceiling last
     for method in METHODS:
         assert f"| {method} |" in text
         assert set(report["evaluation"]["methods"][method]) == {"train", "rephrase", "easy", "hard"}

@@ -19,6 +19,7 @@ from kalm_envs.text_encoders import (
     ENCODER_NAMES,
     HashedNgramEncoder,
     MiniLMEncoder,
+    OrderedNgramEncoder,
     TextEncoder,
     encoder_from_config,
     make_encoder,
@@ -289,7 +290,7 @@ def test_make_flat_env_arguments_and_spec():
     np.testing.assert_array_equal(copy.reset(seed=0)[0], obs)
     # Default encoder of the wrapper, and encoder given as a config dict.
     default = EncodeInstruction(gym.make(kalm_envs.ENV_IDS["train"]))
-    assert default.encoder.config() == HashedNgramEncoder().config()
+    assert default.encoder.config() == OrderedNgramEncoder().config()
     from_config = make_flat_env("hard", encoder={"name": "hashed", "dim": 8})
     assert from_config.observation_space.shape == (18,)
     with pytest.raises(ValueError, match="bogus"):

@@ -11,13 +11,16 @@ from kalm_envs import ENV_IDS
 from kalm_rl.evaluation import (
     EVAL_SEED,
     RandomPolicy,
+    ScriptedOracleBaseline,
     evaluate_policies,
     markdown_table,
     write_report,
 )
 
 HELP = "evaluate trained policies and baselines on fixed episodes of each goal level"
-BASELINES = ("random",)
+BASELINES = ("random", "oracle")
+"""``random``: a fresh uniform push every step; ``oracle``: the scripted oracle, which reads the
+structured goal (the ceiling of the table)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="[LABEL=]DIR",
         help="a trained policy folder (repeatable); policies sharing a label are one method",
     )
-    parser.add_argument("--baseline", action="append", default=[], choices=BASELINES)
+    parser.add_argument("--baseline", action="append", default=[], choices=BASELINES,
+                        help="random (uniform pushes) or oracle (the scripted oracle, the ceiling); "
+                             "repeatable")
+    parser.add_argument("--workers", type=int, default=1, help="processes for the oracle's episodes")
     parser.add_argument("--levels", nargs="+", choices=[*ENV_IDS, "all"], default=["all"])
     parser.add_argument("--episodes", type=int, default=200, help="episodes per level")
     parser.add_argument(
@@ -75,13 +81,18 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
         raise ValueError("nothing to evaluate: give at least one --policy or --baseline")
     if args.episodes < 1:
         raise ValueError(f"--episodes {args.episodes} must be at least 1")
+    if args.workers < 1:
+        raise ValueError(f"--workers {args.workers} must be at least 1")
     levels = list(ENV_IDS) if "all" in args.levels else list(dict.fromkeys(args.levels))
     groups, sources = _load_groups(args.policy, args.temperature)
+    baselines = {"random": lambda: RandomPolicy(seed=args.seed),
+                 "oracle": lambda: ScriptedOracleBaseline(workers=args.workers)}
     for baseline in dict.fromkeys(args.baseline):
-        if baseline in groups:
-            raise ValueError(f"policy label {baseline!r} is also the name of a --baseline")
-        groups[baseline] = [RandomPolicy(seed=args.seed)]
-        sources[baseline] = ["baseline"]
+        policy = baselines[baseline]()
+        if policy.label in groups:
+            raise ValueError(f"policy label {policy.label!r} is also the name of a --baseline")
+        groups[policy.label] = [policy]
+        sources[policy.label] = ["baseline"]
     report = {"command": "evaluate", "sources": sources, "temperature": args.temperature}
     report.update(evaluate_policies(groups, levels, args.episodes, args.seed))
     paths = write_report(report, args.output)

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from kalm.commands import add_json_flag
+from kalm_envs.dataset_specs import published_id
 from kalm_envs.minari_io import read_metadata
-from kalm_envs.registration import MAX_EPISODE_STEPS
 from kalm_envs.verify import verify_dataset
 from kalm_gen.imagine import DEFAULT_BATCH_SIZE
-from kalm_gen.imagine_dataset import IMAGINED_LEVELS, imagined_id, write_imagined_dataset
+from kalm_gen.imagine_dataset import IMAGINED_LEVELS, write_imagined_dataset
 
 HELP = "imagine rollouts for a level's goals with a grounded LM and write them as a Minari dataset"
 
@@ -21,14 +21,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--level", choices=IMAGINED_LEVELS, required=True)
     parser.add_argument("--episodes", type=int, help="rollouts (default: the published spec's 2000)")
     parser.add_argument("--seed", type=int, help="episode i imagines the task of env.reset(seed + i) "
-                                                 "(default: the spec's, as oracle-<level>-v0)")
+                                                 "(default: the spec's, as the level's oracle dataset)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="rollouts generated together")
-    parser.add_argument("--id", help="dataset id (default kalm/clevr-robot/imagined-<level>-v0)")
+    parser.add_argument("--id", help="dataset id (default: the level's published one, "
+                                     "kalm/clevr-robot/imagined-<level>-vN)")
     parser.add_argument("--drop-invalid", action="store_true",
                         help="drop rollouts cut at a non-finite or out-of-workbench state")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy actions (default)")
     parser.add_argument("--sample-seed", type=int, default=0, help="seed of the action sampling")
-    parser.add_argument("--max-steps", type=int, default=MAX_EPISODE_STEPS)
+    parser.add_argument("--max-steps", type=int, help="steps per rollout, at most the level's time limit "
+                                                      "(default: that limit, 1 on easy and 50 on the others)")
     parser.add_argument("--ref-episodes", type=int, default=100,
                         help="random-policy and oracle episodes behind the reference scores")
     parser.add_argument("--workers", type=int, default=1, help="worker processes for the reference scores")
@@ -39,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
     set_threads(args.threads)
-    dataset_id = args.id or imagined_id(args.level)
+    dataset_id = args.id or published_id("imagined", args.level)
     path = write_imagined_dataset(
         args.model, args.level, episodes=args.episodes, seed=args.seed, batch_size=args.batch_size,
         dataset_id=dataset_id, drop_invalid=args.drop_invalid, temperature=args.temperature,

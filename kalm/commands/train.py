@@ -11,6 +11,7 @@ from typing import Any
 
 from kalm.assignments import parse_assignment
 from kalm.commands import add_json_flag
+from kalm_envs.text_encoders import DEFAULT_ENCODER, ENCODER_NAMES
 
 HELP = "train an offline learner (bc, cql, iql, bcq) on real and imagined Minari datasets"
 
@@ -42,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="imagined datasets (or oracle ones, for the upper bound)")
     parser.add_argument("--ratio", type=parse_ratio, default=0.5, metavar="R:I",
                         help="real:imagined rows per batch when --imagined is given (default 1:1)")
-    parser.add_argument("--encoder", default="hashed", help="instruction encoder: hashed or minilm")
+    parser.add_argument("--encoder", default=DEFAULT_ENCODER, choices=ENCODER_NAMES,
+                        help=f"instruction encoder (default {DEFAULT_ENCODER}: hashed n-grams and ordered word pairs)")
     parser.add_argument("--param", type=parse_param, action="append", default=[], metavar="NAME=VALUE",
                         help="learner setting, e.g. alpha=0.5 or hidden=[256,256] (repeatable)")
     parser.add_argument("--updates", type=int, default=20_000)

@@ -120,9 +120,11 @@ def write_run_report(
         "## Success per level",
         "",
         f"Mean success over {len(settings['train']['seeds'])} seed(s) ± standard error, "
-        f"{evaluation['episodes']} evaluation episodes per level and policy. Methods are "
+        f"{evaluation['episodes']} evaluation episodes per level and policy, the same episodes for "
+        "every method. `random`: a uniform push every step (the floor). Learners are "
         "`algorithm/data`: real data only, real + imagined rollouts (rephrase, easy, hard; 1:1), "
-        "real + oracle rollouts of those levels (the upper bound).",
+        "real + oracle rollouts of those levels (the upper bound of imagined data). `scripted "
+        "oracle`: the simulator-planning oracle, which reads the structured goal (the ceiling).",
         "",
         markdown_table(evaluation),
         "",

@@ -18,7 +18,7 @@ from typing import Any
 from kalm.pipeline.cache import StageRecord, StageWork
 from kalm_envs import ENV_IDS
 from kalm_envs.collector import build_dataset
-from kalm_envs.dataset_specs import NAMESPACE, get_spec
+from kalm_envs.dataset_specs import NAMESPACE, get_spec, published_id
 from kalm_envs.minari_io import dataset_dir, read_metadata
 from kalm_gen.imagine_dataset import IMAGINED_LEVELS
 
@@ -31,17 +31,18 @@ TRAIN_KEYS = ("real_fraction", "encoder", "updates", "batch_size", "checkpoint_e
               "select", "device")
 
 
-def _dataset_id(folder: Path, name: str) -> str:
-    return f"pipeline/{folder.name}/{name}"
+def _dataset_id(folder: Path, spec_id: str) -> str:
+    """The id in ``folder``'s namespace of a dataset made like the published ``spec_id``."""
+    return f"pipeline/{folder.name}/{spec_id.rsplit('/', 1)[1]}"
 
 
 def build_data(folder: Path, settings: dict[str, Any], upstream: Mapping[str, StageRecord]) -> dict[str, Any]:
     """The real dataset (spec ``real-v0``) and the oracle datasets of the imagined levels."""
     specs = {"real": (REAL_SPEC, settings["real_episodes"])}
-    specs.update({level: (f"{NAMESPACE}/oracle-{level}-v0", settings["oracle_episodes"]) for level in IMAGINED_LEVELS})
+    specs.update({level: (published_id("oracle", level), settings["oracle_episodes"]) for level in IMAGINED_LEVELS})
     ids = {}
     for key, (spec_id, episodes) in specs.items():
-        ids[key] = _dataset_id(folder, spec_id.rsplit("/", 1)[1])
+        ids[key] = _dataset_id(folder, spec_id)
         if not dataset_dir(ids[key]).exists():
             build_dataset(replace(get_spec(spec_id), id=ids[key]), episodes=episodes, workers=settings["workers"],
                           progress=False, ref_episodes=settings["ref_episodes"])
@@ -88,7 +89,7 @@ def imagine(folder: Path, settings: dict[str, Any], upstream: Mapping[str, Stage
     model = GroundedLM.load(model_dir)
     ids, datasets = {}, {}
     for level in IMAGINED_LEVELS:
-        ids[level] = _dataset_id(folder, f"imagined-{level}-v0")
+        ids[level] = _dataset_id(folder, published_id("imagined", level))
         if not dataset_dir(ids[level]).exists():
             write_imagined_dataset(model_dir, level, episodes=settings["episodes"], batch_size=settings["batch_size"],
                                    dataset_id=ids[level], ref_episodes=settings["ref_episodes"],
@@ -130,13 +131,17 @@ def train(folder: Path, settings: dict[str, Any], upstream: Mapping[str, StageRe
 
 
 def evaluate(folder: Path, settings: dict[str, Any], upstream: Mapping[str, StageRecord]) -> dict[str, Any]:
-    """Every policy on every level; the seeds of one algorithm and data source are one method."""
-    from kalm_rl.evaluation import evaluate_policies, write_report
+    """Every policy on every level, between the floor and the ceiling of the table: a random
+    policy first, the scripted oracle (which reads the structured goal) last. The seeds of one
+    algorithm and data source are one method."""
+    from kalm_rl.evaluation import RandomPolicy, ScriptedOracleBaseline, evaluate_policies, write_report
     from kalm_rl.policy import load_policy
 
     trained = upstream["train"]
-    groups = {label: [load_policy(trained.folder / relative) for relative in folders]
-              for label, folders in trained.result["policies"].items()}
+    groups: dict[str, list[Any]] = {RandomPolicy.label: [RandomPolicy(settings["seed"])]}
+    groups.update({label: [load_policy(trained.folder / relative) for relative in folders]
+                   for label, folders in trained.result["policies"].items()})
+    groups[ScriptedOracleBaseline.label] = [ScriptedOracleBaseline(settings["workers"])]
     report = evaluate_policies(groups, list(ENV_IDS), settings["episodes"], settings["seed"])
     write_report(report, folder)
     return report
