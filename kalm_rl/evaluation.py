@@ -36,6 +36,7 @@ import numpy as np
 
 from kalm_envs import ENV_IDS, N_ACTIONS, Goal
 from kalm_envs.atomic import atomic_path
+from kalm_envs.predicates import condition_status
 
 __all__ = [
     "EVAL_SEED",
@@ -46,6 +47,7 @@ __all__ = [
     "ScriptedOracleBaseline",
     "as_batch_policy",
     "bar_chart",
+    "conditions_met",
     "episode_seeds",
     "evaluate_policies",
     "evaluate_policy",
@@ -133,12 +135,15 @@ class ScriptedOracleBaseline:
         _check_level(level)
         seeds = episode_seeds(episodes, seed)
         run = oracle_episodes(level, seeds.tolist(), epsilon=0.0, workers=self.workers)
+        goals = np.stack([e.goal for e in run])
         return _level_result(
             level,
             seeds,
             np.array([e.success for e in run], dtype=bool),
             np.array([e.length for e in run], dtype=np.int64),
-            np.stack([e.goal for e in run]),
+            goals,
+            conditions_met(np.stack([e.observations[-1] for e in run]), goals,
+                           np.stack([e.observations[0] for e in run])),
         )
 
 
@@ -151,10 +156,13 @@ class LevelResult:
         episodes: N.
         seeds: ``(N,)`` int64 reset seeds, ``EVAL_SEED + seed + i``.
         successes: ``(N,)`` bool, whether the goal held when each episode ended.
-        lengths: ``(N,)`` int64 steps taken (at most 50).
+        lengths: ``(N,)`` int64 steps taken (at most the level's limit: 1 on easy, else 50).
         success_rate: mean of ``successes``, in [0, 1].
         mean_length: mean of ``lengths`` (steps).
         success_by_family: success rate per goal family (relation, move, pair, ...).
+        conditions_met: ``(N,)`` float, share of each goal's conditions that held when its episode
+            ended (see :func:`conditions_met`): partial progress on the goals that failed.
+        conditions_by_family: mean of ``conditions_met`` per goal family.
     """
 
     level: str
@@ -165,6 +173,20 @@ class LevelResult:
     success_rate: float
     mean_length: float
     success_by_family: dict[str, float]
+    conditions_met: np.ndarray
+    conditions_by_family: dict[str, float]
+
+
+def conditions_met(final_states: np.ndarray, goals: np.ndarray, initial_states: np.ndarray) -> np.ndarray:
+    """``(N,)`` share in [0, 1] of each goal's conditions that hold in its final state.
+
+    ``final_states`` and ``initial_states`` are ``(N, 10)`` ball centres (m), ``goals`` ``(N, 10)``
+    goal arrays. A condition is one relation of a relation goal, the move of a move goal, one
+    consecutive pair of the line-up or one ball near the centre of a gather goal
+    (:func:`kalm_envs.predicates.condition_status`).
+    """
+    satisfied, used = condition_status(final_states, goals, initial_states)
+    return (satisfied & used).sum(axis=1) / used.sum(axis=1)
 
 
 def _check_level(level: str) -> None:
@@ -207,7 +229,8 @@ def _run_lockstep(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run one episode per seed, ``envs[j]`` for ``seeds[j]``, all stepping together.
 
-    Returns ``(B,)`` bool successes, ``(B,)`` int64 lengths and ``(B, 10)`` int64 goals.
+    Returns ``(B,)`` bool successes, ``(B,)`` int64 lengths, ``(B, 10)`` int64 goals and ``(B,)``
+    float shares of the goals' conditions met at the end.
     """
     observations, goals, successes = [], [], []
     for env, seed in zip(envs[: len(seeds)], seeds, strict=True):
@@ -215,6 +238,7 @@ def _run_lockstep(
         observations.append(observation)
         goals.append(np.asarray(info["goal"], dtype=np.int64))
         successes.append(bool(info["is_success"]))
+    initial_states = np.stack([o["observation"] for o in observations])
     lengths = np.zeros(len(seeds), dtype=np.int64)
     running = list(range(len(seeds)))
     while running:
@@ -230,7 +254,10 @@ def _run_lockstep(
             if not (terminated or truncated):
                 still_running.append(j)
         running = still_running
-    return np.array(successes, dtype=bool), lengths, np.stack(goals)
+    goals_array = np.stack(goals)
+    final_states = np.stack([o["observation"] for o in observations])
+    met = conditions_met(final_states, goals_array, initial_states)
+    return np.array(successes, dtype=bool), lengths, goals_array, met
 
 
 def evaluate_policy(
@@ -239,7 +266,7 @@ def evaluate_policy(
     """Run ``policy`` on the evaluation episodes of ``level``.
 
     Episodes run in consecutive batches of ``batch_envs`` envs (``gym.make(ENV_IDS[level])``,
-    50-step time limit) stepped in lockstep: at each step the policy is called once on the
+    with the level's time limit) stepped in lockstep: at each step the policy is called once on the
     observations of the episodes still running. Each episode is seeded on its own, so a policy
     whose action depends only on the observation gets the same results for any ``batch_envs``.
     A policy with a ``reseed(int)`` method (a sampling one) is reseeded from ``level`` and
@@ -265,17 +292,24 @@ def evaluate_policy(
     finally:
         for env in envs:
             env.close()
-    successes, lengths, goals = (np.concatenate(column) for column in zip(*parts, strict=True))
-    return _level_result(level, seeds, successes, lengths, goals)
+    successes, lengths, goals, met = (np.concatenate(column) for column in zip(*parts, strict=True))
+    return _level_result(level, seeds, successes, lengths, goals, met)
 
 
 def _level_result(
-    level: str, seeds: np.ndarray, successes: np.ndarray, lengths: np.ndarray, goals: np.ndarray
+    level: str, seeds: np.ndarray, successes: np.ndarray, lengths: np.ndarray, goals: np.ndarray,
+    met: np.ndarray,
 ) -> LevelResult:
-    """A :class:`LevelResult` from ``(N,)`` seeds, successes and lengths and ``(N, 10)`` goals."""
-    by_family: dict[str, list[bool]] = defaultdict(list)
-    for goal, success in zip(goals, successes, strict=True):
-        by_family[Goal.from_array(goal).family].append(bool(success))
+    """A :class:`LevelResult` from ``(N,)`` seeds, successes, lengths and shares of conditions met,
+    and ``(N, 10)`` goals."""
+    families = [Goal.from_array(goal).family for goal in goals]
+
+    def by_family(values: np.ndarray) -> dict[str, float]:
+        groups: dict[str, list[float]] = defaultdict(list)
+        for family, value in zip(families, values, strict=True):
+            groups[family].append(float(value))
+        return {f: float(np.mean(v)) for f, v in sorted(groups.items())}
+
     return LevelResult(
         level=level,
         episodes=len(seeds),
@@ -284,7 +318,9 @@ def _level_result(
         lengths=lengths,
         success_rate=float(successes.mean()),
         mean_length=float(lengths.mean()),
-        success_by_family={f: float(np.mean(v)) for f, v in sorted(by_family.items())},
+        success_by_family=by_family(successes),
+        conditions_met=met,
+        conditions_by_family=by_family(met),
     )
 
 
@@ -311,7 +347,10 @@ def evaluate_policies(
         {"episodes": N, "seed": seed, "eval_seed": EVAL_SEED, "levels": [...],
          "methods": {name: {level: {"success_rate": mean over policies, "stderr": ...,
                                     "per_policy": [rate, ...], "mean_length": ...,
-                                    "success_by_family": {family: mean rate}}, ...},
+                                    "success_by_family": {family: mean rate},
+                                    "conditions_by_family": {family: mean share of the
+                                                             goal's conditions met at the end}},
+                                    ...},
                  ...}}
 
     Raises ValueError naming an unknown level, for ``episodes`` below 1 or an empty group.
@@ -344,6 +383,10 @@ def evaluate_policies(
                 "success_by_family": {
                     family: float(np.mean([r.success_by_family[family] for r in results]))
                     for family in results[0].success_by_family
+                },
+                "conditions_by_family": {
+                    family: float(np.mean([r.conditions_by_family[family] for r in results]))
+                    for family in results[0].conditions_by_family
                 },
             }
     return {

@@ -15,6 +15,7 @@ from kalm_rl.evaluation import (
     EVAL_SEED,
     RandomPolicy,
     ScriptedOracleBaseline,
+    conditions_met,
     evaluate_policies,
     evaluate_policy,
     markdown_table,
@@ -143,6 +144,7 @@ def test_scripted_oracle_runs_the_same_episodes_as_the_policies(tmp_path, capsys
     assert result.successes.tolist() == [e.success for e in episodes]
     assert result.lengths.tolist() == [e.length for e in episodes]
     assert result.success_rate > policy_run.success_rate
+    np.testing.assert_array_equal(result.conditions_met[result.successes], 1.0)
     report = evaluate_policies({"random": [RandomPolicy(0)], oracle.label: [oracle]}, ["easy"], episodes=8)
     assert list(report["methods"]) == ["random", "scripted oracle"]
     assert report["methods"]["scripted oracle"]["easy"]["success_rate"] > 0.5
@@ -153,6 +155,19 @@ def test_scripted_oracle_runs_the_same_episodes_as_the_policies(tmp_path, capsys
     assert cli["methods"]["scripted oracle"] == report["methods"]["scripted oracle"]
     with pytest.raises(ValueError, match="workers 0"):
         ScriptedOracleBaseline(workers=0)
+
+
+def test_conditions_met_counts_the_share_of_a_goals_conditions():
+    # red (0) left of blue (1) holds; green (2) behind cyan (4) does not: 1 of 2 conditions.
+    state = np.array([-0.3, 0.0, 0.0, 0.0, 0.0, 0.0, 0.3, 0.3, 0.0, 0.3])
+    pair = Goal.relations([(0, 1, 1), (2, 4, 0)]).to_array()
+    single = Goal.relation(0, 1, 1).to_array()
+    met = conditions_met(np.stack([state, state]), np.stack([pair, single]), np.stack([state, state]))
+    np.testing.assert_allclose(met, [0.5, 1.0])
+    result = evaluate_policy(RandomPolicy(0), "hard", episodes=10)
+    assert result.conditions_met.shape == (10,) and np.all((result.conditions_met >= 0) & (result.conditions_met <= 1))
+    np.testing.assert_array_equal(result.conditions_met[result.successes], 1.0)
+    assert set(result.conditions_by_family) == set(result.success_by_family)
 
 
 def test_write_report_writes_json_markdown_and_png(tmp_path):

@@ -136,6 +136,7 @@ def test_a_killed_run_resumes(tmp_path) -> None:
     (["--set", 'train.algorithms=["dqn"]'], "'dqn'"),
     (["--set", "ground.held_out=40"], "held_out"),
     (["--set", "train.device=gpu"], "'gpu'"),
+    (["--set", "evaluate.workers=0"], "evaluate.workers 0"),
 ])
 def test_bad_preset_or_setting_is_refused_with_its_name(tmp_path, capsys, extra, named) -> None:
     assert kalm_main(["run", "--output-root", str(tmp_path), *extra]) == 2

@@ -165,7 +165,8 @@ def check_settings(settings: Mapping[str, dict[str, Any]]) -> None:
                         ("data.oracle_episodes", settings["data"]["oracle_episodes"]),
                         ("imagine.episodes", settings["imagine"]["episodes"]),
                         ("imagine.quality_episodes", settings["imagine"]["quality_episodes"]),
-                        ("evaluate.episodes", settings["evaluate"]["episodes"])):
+                        ("evaluate.episodes", settings["evaluate"]["episodes"]),
+                        ("evaluate.workers", settings["evaluate"]["workers"])):
         if value < 1:
             raise ValueError(f"{name} {value} must be at least 1")
     held_out = settings["ground"]["held_out"]
