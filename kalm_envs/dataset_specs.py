@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from importlib import metadata, resources
 
 from kalm_envs.goals import LEVELS
-from kalm_envs.registration import ENV_IDS, EPISODE_STEPS
+from kalm_envs.registration import ENV_IDS, MAX_EPISODE_STEPS
 
 NAMESPACE = "kalm/clevr-robot"
 SOURCES = ("oracle", "imagined")
@@ -68,7 +68,7 @@ class DatasetSpec:
             behaviour = f"`kalm_envs.oracle.ScriptedOracle`, random push with probability {self.epsilon}"
         return template.format(**asdict(self), env_id=self.env_id, version=package_version(),
                                behaviour=behaviour, build_command=self.build_command,
-                               max_steps=EPISODE_STEPS[self.level])
+                               max_steps=MAX_EPISODE_STEPS)
 
 
 def package_version() -> str:

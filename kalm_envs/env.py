@@ -47,7 +47,8 @@ class ClevrRobotEnv(gym.Env):
     Observation: ``{"observation": (10,) float32 ball centres (m), "instruction": str}``.
     Action: ``Discrete(40)``, ball ``a // 8`` pushed in direction ``a % 8``.
     Reward: see :func:`kalm_envs.predicates.transition_outcome` (``reward_mode`` dense or sparse).
-    ``terminated`` is True when the goal holds; ``info`` holds ``goal`` ((10,) int64 array, see
+    ``terminated`` is True when the goal holds, or after the single push of an easy (move) goal,
+    met or not; ``info`` holds ``goal`` ((10,) int64 array, see
     :mod:`kalm_envs.goals`) and ``is_success`` at reset and at every step.
 
     Args:
@@ -151,7 +152,10 @@ class ClevrRobotEnv(gym.Env):
         return self._observation(), self._info(bool(self._progress.success[0]))
 
     def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
-        """Push once (0.4 s of simulation) and judge the goal on the new ball centres."""
+        """Push once (0.4 s of simulation) and judge the goal on the new ball centres.
+
+        ``terminated`` when the goal holds, and after the push of a one-push goal (an easy move
+        goal) whether it holds or not; ``info["is_success"]`` says which."""
         if self._goal is None:
             raise RuntimeError("call reset() before step()")
         self.physics.push(check_action(action))
@@ -159,8 +163,8 @@ class ClevrRobotEnv(gym.Env):
         progress = goal_progress(self._state, self._goals, self._initial_state)
         reward, success = outcome_between(self._progress, progress, self.reward_mode)
         self._progress = progress
-        done = bool(success[0])
-        return self._observation(), float(reward[0]), done, False, self._info(done)
+        met = bool(success[0])
+        return self._observation(), float(reward[0]), met or self._goal.one_push, False, self._info(met)
 
     def render(self) -> np.ndarray | None:
         """``(height, width, 3)`` uint8 frame from the overview camera, or None without a mode."""

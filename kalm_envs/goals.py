@@ -62,6 +62,13 @@ class Goal:
     def __post_init__(self) -> None:
         _validate(self.kind, self.clauses)
 
+    @property
+    def one_push(self) -> bool:
+        """Whether the goal is judged after a single push (MOVE goals, as in KALM and
+        ImagineBench): its episode *terminates* after that push, met or not, so there is no
+        later state to bootstrap a value from."""
+        return self.kind is GoalKind.MOVE
+
     @classmethod
     def relation(cls, a: int, b: int, direction: int) -> Goal:
         """Ball ``a`` in ``direction`` of ball ``b`` (train and rephrase levels)."""

@@ -22,8 +22,8 @@ Design:
   give the same greedy rollouts (up to float rounding of the states, ~1e-7 m).
 - **Stopping.** A rollout stops when the goal holds in a generated state (``is_success`` with the
   episode's initial state, which MOVE goals need), or after ``max_steps`` (by default the level's
-  time limit, :data:`~kalm_envs.registration.EPISODE_STEPS`: one push on easy, 50 on the others;
-  truncation), or at an invalid state (below). Finished rollouts are *removed* from the batch
+  steps, :data:`~kalm_envs.registration.EPISODE_STEPS`: one push on easy, 50 on the others), or at
+  an invalid state (below). Finished rollouts are *removed* from the batch
   (their rows of the KV cache are dropped with ``DynamicCache.batch_select_indices``), so later
   steps cost only the live ones.
 - **Invalid states.** A generated state is invalid when a value is not finite or a ball centre
@@ -36,8 +36,9 @@ Design:
   be stored; writers drop it (see :mod:`kalm_gen.imagine_dataset`).
 - **Labels.** Rewards come from :func:`kalm_envs.predicates.transition_outcome` (dense) on the
   generated float32 states, ``is_success`` from :func:`kalm_envs.predicates.is_success`,
-  terminations are the successes after each step, truncations mark the last step of a rollout
-  that ended without success: the labels are those ``kalm datasets verify`` recomputes.
+  terminations are the successes after each step and, as in the env, the push of a one-push
+  (easy) goal; truncations mark the last step of a rollout that ended without termination: the
+  labels are those ``kalm datasets verify`` recomputes.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ import numpy as np
 import torch
 
 from kalm_envs.env import OBSERVATION_HIGH, OBSERVATION_LOW
-from kalm_envs.goals import GOAL_ARRAY_LEN, LEVELS, coerce_goal
+from kalm_envs.goals import GOAL_ARRAY_LEN, LEVELS, Goal, coerce_goal
 from kalm_envs.physics import STATE_DIM
 from kalm_envs.predicates import is_success, transition_outcome
 from kalm_envs.registration import ENV_IDS, EPISODE_STEPS
@@ -109,13 +110,13 @@ def check_level(level: str) -> str:
 
 
 def check_max_steps(level: str, max_steps: int | None = None) -> int:
-    """The step limit of rollouts on ``level``: ``max_steps``, or the level's time limit (1 push on
+    """The step limit of rollouts on ``level``: ``max_steps``, or the level's steps (1 push on
     easy, 50 on the others) when None; ``ValueError`` unless it lies in [1, that limit]."""
     limit = EPISODE_STEPS[check_level(level)]
     if max_steps is None:
         return limit
     if not 1 <= max_steps <= limit:
-        raise ValueError(f"max_steps {max_steps} must lie in [1, {limit}], the time limit of {ENV_IDS[level]}")
+        raise ValueError(f"max_steps {max_steps} must lie in [1, {limit}], the most steps of an episode of the {level} level ({ENV_IDS[level]})")
     return max_steps
 
 
@@ -383,15 +384,16 @@ def label_episode(
     invalid_step: int = 0, invalid_state: np.ndarray | None = None,
 ) -> ImaginedEpisode:
     """An episode of generated ``states`` ``(T+1, 10)`` and ``actions`` ``(T,)``, labelled by the
-    env's predicates: dense rewards, successes, terminations (success after a step) and a
-    truncation on the last step of a rollout that ended without success."""
+    env's predicates: dense rewards, successes, terminations (success after a step, and the push
+    of a one-push goal, as the env marks them) and a truncation on the last step of a rollout that
+    ended without termination."""
     states = np.asarray(states, dtype=np.float32)
     steps = len(actions)
     goals = np.repeat(np.asarray(goal, dtype=np.int64)[None], steps + 1, axis=0)
     initial = np.repeat(states[:1], steps + 1, axis=0)
     successes = is_success(states, goals, initial)
     rewards, _ = transition_outcome(states[:-1], states[1:], goals[1:], initial[1:])
-    terminations = successes[1:].copy()
+    terminations = successes[1:] | Goal.from_array(goals[0]).one_push
     truncations = np.zeros(steps, dtype=bool)
     if steps and not terminations[-1]:
         truncations[-1] = True
@@ -425,8 +427,8 @@ def imagine_rollouts(
         goals: ``Goal`` objects or ``(10,)`` goal arrays; instructions: their wordings;
             initial_states: ``(N, 10)`` ball centres.
         level: the goals' level (validated; recorded by the callers).
-        max_steps: step limit, at most the level's time limit and by default that limit (1 push
-            on easy, 50 on the others); a rollout reaching it is truncated.
+        max_steps: step limit, at most the level's steps and by default those (1 push on easy,
+            50 on the others); a rollout reaching it is truncated (easy: terminated, as in the env).
         batch_size: rollouts generated together.
         temperature: 0 for greedy actions, else sampling temperature.
         seed: sampling seed; episode ``i`` draws from its own generator seeded by ``(seed, i)``.

@@ -8,7 +8,7 @@ dropped. The metadata's ``kalm`` block holds the provenance: generator (model fo
 sha256 over the saved model's files), generation settings, seeds, and the counts of invalid and
 dropped rollouts. Reference scores are the random-policy and oracle mean returns on the level
 (:func:`kalm_envs.collector.reference_scores`), as for the level's oracle dataset. Rollouts stop
-at the level's time limit by default (one push on easy, 50 on the others).
+at the level's steps by default (one push on easy, 50 on the others).
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def write_imagined_dataset(
     ``kalm/clevr-robot/imagined-hard-v0``); return its folder.
 
     ``episodes`` and ``seed`` default to the published spec's (2000 from seed 1000000);
-    ``max_steps`` to the level's time limit (1 on easy, 50 on the others), which it may not exceed.
+    ``max_steps`` to the level's steps (1 on easy, 50 on the others), which it may not exceed.
     ``temperature`` 0 is greedy; else actions are sampled with ``sample_seed``. ``model`` may
     pass the already loaded model of ``model_dir`` (it is still checksummed from the folder).
 

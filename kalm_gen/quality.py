@@ -87,7 +87,7 @@ def rollout_quality(
     batch_size: int = DEFAULT_BATCH_SIZE, max_steps: int | None = None,
 ) -> dict[str, Any]:
     """The rollout metrics of the module docstring on ``episodes`` tasks of ``level``; rollouts
-    stop at ``max_steps`` (default: the level's time limit, 1 push on easy, 50 on the others)."""
+    stop at ``max_steps`` (default: the level's steps, 1 push on easy, 50 on the others)."""
     tasks = level_tasks(level, episodes, seed)
     rollouts: list[ImaginedEpisode] = imagine_tasks(model, tasks, max_steps=max_steps, batch_size=batch_size)
     replay = replay_rollouts(level, tasks, rollouts)

@@ -23,7 +23,7 @@ from kalm_envs.loader import load_transitions
 from kalm_envs.minari_io import DatasetError, dataset_dir, read_episodes, read_metadata, staging_dir
 from kalm_envs.minari_io import write_dataset
 from kalm_envs.oracle import oracle_episodes
-from kalm_envs.rollout import run_episode
+from kalm_envs.rollout import Episode, run_episode
 from kalm_envs.verify import verify_dataset
 from tests.helpers import temporary_minari_root
 
@@ -56,7 +56,8 @@ def test_specs_cover_the_published_ids():
     assert published_id("oracle", "hard") == HARD and published_id("imagined", "easy") == "kalm/clevr-robot/imagined-easy-v1"
     assert specs[published_id("oracle", "easy")].env_id == ENV_IDS["easy"] == "KALM/CLEVRRobot-Easy-v1"
     assert "one push" in specs["kalm/clevr-robot/oracle-easy-v1"].description
-    assert "the level's 1-step limit" in specs["kalm/clevr-robot/oracle-easy-v1"].card()
+    assert "on easy, the episode's one push" in specs["kalm/clevr-robot/oracle-easy-v1"].card()
+    assert specs["kalm/clevr-robot/oracle-easy-v1"].epsilon == 0.0  # a random push would be a failed episode
     with pytest.raises(ValueError, match="'imagined' on level 'train'"):
         published_id("imagined", "train")
     card = specs[HARD].card()
@@ -227,12 +228,31 @@ def test_verify_cli_exits_nonzero_on_a_bad_dataset(built_real, tmp_path):
     assert "FAIL" in out.stdout
 
 
+def _multi_push_easy_episode(seed: int, rng: np.random.Generator, limit: int = 5) -> Episode:
+    """An easy episode as the retired KALM/CLEVRRobot-Easy-v0 recorded it: random pushes until the
+    goal holds or ``limit`` pushes (v0 allowed 50). The bare env goes on after the first push,
+    which the registered v1 env ends."""
+    env = gym.make(ENV_IDS["easy"]).unwrapped
+    observation, info = env.reset(seed=seed)
+    states, actions, rewards, successes = [observation["observation"]], [], [], [info["is_success"]]
+    while len(actions) < limit and not successes[-1]:
+        actions.append(int(rng.integers(40)))
+        observation, reward, _, _, info = env.step(actions[-1])
+        states.append(observation["observation"])
+        rewards.append(reward)
+        successes.append(info["is_success"])
+    terminations = np.array(successes[1:], dtype=bool)
+    truncations = np.zeros(len(actions), dtype=bool)
+    truncations[-1] = not terminations[-1]
+    return Episode(seed, env.instruction, info["goal"], np.stack(states), np.array(actions, dtype=np.int64),
+                   np.array(rewards), terminations, truncations, np.array(successes, dtype=bool))
+
+
 def test_easy_data_of_the_retired_50_step_env_is_refused(minari_root):
-    """Easy episodes of up to 50 pushes, as KALM/CLEVRRobot-Easy-v0 recorded them: under the v1 id
+    """Easy episodes of several pushes, as KALM/CLEVRRobot-Easy-v0 recorded them: under the v1 id
     verify flags their lengths; under their own (retired) id the reader and verify refuse them."""
-    env = gym.make(ENV_IDS["easy"], max_episode_steps=50)
     rng = np.random.default_rng(0)
-    episodes = [run_episode(env, lambda observation, info: int(rng.integers(40)), seed) for seed in range(6)]
+    episodes = [_multi_push_easy_episode(seed, rng) for seed in range(6)]
     assert max(e.length for e in episodes) > 1
     write_dataset("kalm/test/easy-old-v0", episodes, ENV_IDS["easy"], "t", {}, (0.0, 1.0), "random")
     report = verify_dataset("kalm/test/easy-old-v0")

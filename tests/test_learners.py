@@ -186,7 +186,10 @@ def test_bfloat16_updates_learn_like_float32(root, algorithm):
     losses = {}
     for precision in ("float32", "bfloat16"):
         torch.manual_seed(0)
-        learner = make_learner(algorithm, data.input_dim, {"hidden": [64, 64], "precision": precision})
+        # CQL's default alpha (4) makes its conservative term most of the loss, which falls slowly;
+        # a small alpha leaves the TD term, whose fall in 300 updates is what this compares.
+        params = {"hidden": [64, 64], "precision": precision, **({"alpha": 0.1} if algorithm == "cql" else {})}
+        learner = make_learner(algorithm, data.input_dim, params)
         generator = torch.Generator().manual_seed(0)
         logs = [float(learner.update(data.sample(128, generator))["loss"]) for _ in range(300)]
         losses[precision] = (np.mean(logs[:20]), np.mean(logs[-20:]))

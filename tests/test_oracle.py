@@ -17,7 +17,7 @@ def test_oracle_solves_each_level(level, episodes, minimum):
     assert rate >= minimum, f"{level}: {rate:.0%}"
     for episode in results:
         assert episode.length <= EPISODE_STEPS[level]
-        assert episode.terminations[-1] == episode.success
+        assert episode.terminations[-1] == (episode.success or level == "easy")  # one push ends easy
 
 
 def test_oracle_misses_only_easy_goals_that_no_single_push_reaches():

@@ -243,7 +243,7 @@ def _check_flat(env: EncodeInstruction, steps: int = 5) -> None:
 
 
 @pytest.mark.parametrize("level", sorted(kalm_envs.ENV_IDS))
-def test_wrapper_hashed_passes_env_checkers(level):
+def test_wrapper_default_encoder_passes_env_checkers(level):
     from gymnasium.utils.env_checker import check_env as gym_check_env
     from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
@@ -251,7 +251,7 @@ def test_wrapper_hashed_passes_env_checkers(level):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         env = make_flat_env(env_id)
-        assert env.observation_space.shape == (266,)
+        assert env.observation_space.shape == (10 + 512,)  # the ordered encoder
         _check_flat(env)
         sb3_check_env(env)
         # gymnasium's checker advises checking env.unwrapped; the wrapped env is what we test.

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="drop rollouts cut at a non-finite or out-of-workbench state")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy actions (default)")
     parser.add_argument("--sample-seed", type=int, default=0, help="seed of the action sampling")
-    parser.add_argument("--max-steps", type=int, help="steps per rollout, at most the level's time limit "
+    parser.add_argument("--max-steps", type=int, help="steps per rollout, at most the level's steps "
                                                       "(default: that limit, 1 on easy and 50 on the others)")
     parser.add_argument("--ref-episodes", type=int, default=100,
                         help="random-policy and oracle episodes behind the reference scores")
