@@ -265,9 +265,11 @@ def evaluate_policy(
 ) -> LevelResult:
     """Run ``policy`` on the evaluation episodes of ``level``.
 
-    Episodes run in consecutive batches of ``batch_envs`` envs (``gym.make(ENV_IDS[level])``,
-    with the level's time limit) stepped in lockstep: at each step the policy is called once on the
-    observations of the episodes still running. Each episode is seeded on its own, so a policy
+    Episodes run in consecutive batches of ``batch_envs`` envs (``gym.make(ENV_IDS[level])``: 50
+    pushes at most, one on easy) stepped in lockstep: at each step the policy is called once on the
+    observations of the episodes still running. The scripted oracle
+    (:class:`ScriptedOracleBaseline`) reads the structured goal, so it runs the same episodes
+    itself (``batch_envs`` does not apply). Each episode is seeded on its own, so a policy
     whose action depends only on the observation gets the same results for any ``batch_envs``.
     A policy with a ``reseed(int)`` method (a sampling one) is reseeded from ``level`` and
     ``seed`` first, so its results repeat for the same ``seed`` and ``batch_envs``.
@@ -276,6 +278,8 @@ def evaluate_policy(
         ValueError: unknown ``level``, ``episodes`` or ``batch_envs`` below 1, or a returned action
             that is not an integer in [0, 40) (the message names it).
     """
+    if isinstance(policy, ScriptedOracleBaseline):
+        return policy.evaluate_level(level, episodes, seed)
     _check_level(level)
     seeds = episode_seeds(episodes, seed)
     if batch_envs < 1:
@@ -368,11 +372,7 @@ def evaluate_policies(
     for name, policies in groups.items():
         methods[name] = {}
         for level in levels:
-            results = [
-                p.evaluate_level(level, episodes, seed) if isinstance(p, ScriptedOracleBaseline)
-                else evaluate_policy(p, level, episodes, seed, batch_envs)
-                for p in policies
-            ]
+            results = [evaluate_policy(p, level, episodes, seed, batch_envs) for p in policies]
             rates = [r.success_rate for r in results]
             mean, stderr = _mean_and_stderr(rates)
             methods[name][level] = {

@@ -144,6 +144,7 @@ def test_scripted_oracle_runs_the_same_episodes_as_the_policies(tmp_path, capsys
     assert result.successes.tolist() == [e.success for e in episodes]
     assert result.lengths.tolist() == [e.length for e in episodes]
     assert result.success_rate > policy_run.success_rate
+    assert evaluate_policy(oracle, "train", episodes=6, seed=3).successes.tolist() == result.successes.tolist()
     np.testing.assert_array_equal(result.conditions_met[result.successes], 1.0)
     report = evaluate_policies({"random": [RandomPolicy(0)], oracle.label: [oracle]}, ["easy"], episodes=8)
     assert list(report["methods"]) == ["random", "scripted oracle"]
