@@ -22,9 +22,10 @@ $(STAMP): pyproject.toml Makefile
 test: setup
 	$(BIN)/python -m pytest -q
 
-# The main job: the whole KALM pipeline on the embedded SmolLM2 (preset default, about 15 minutes on
-# 2 CPU cores): real data, grounding, imagination, learners, evaluation; prints the success table
-# and writes runs/demo/report.md. A rerun reuses every finished stage.
+# The main job: the whole KALM pipeline with the published grounded SmolLM2, kalm-smollm2-v0 (preset
+# default, within 20 minutes on 2 CPU cores): real and oracle data, imagination, learners,
+# evaluation; prints the success table and writes runs/demo/report.md. A rerun reuses every
+# finished stage. `kalm run --preset scratch` grounds SmolLM2 from scratch instead.
 demo: setup
 	$(BIN)/kalm run --preset default --name demo
 
@@ -33,6 +34,7 @@ bench: setup
 	$(BIN)/python benchmarks/dataset_io.py
 	$(BIN)/python benchmarks/dataset_build.py
 	$(BIN)/python benchmarks/learner_speed.py
+	$(BIN)/python benchmarks/ground_speed.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -65,12 +65,13 @@ def build_dataset(
     ``ref_episodes`` random-policy and oracle episodes set the reference scores.
 
     Raises ``FileExistsError`` if the dataset already exists, ``ValueError`` for an imagined
-    dataset (its rollouts come from a grounded LM: ``kalm imagine``).
+    dataset (its rollouts come from a grounded LM: ``kalm datasets build`` runs it).
     """
     if spec.source != "oracle":
         raise ValueError(
-            f"dataset {spec.id} is imagined by a grounded LM, not collected in the simulator: build "
-            f"it with `{spec.build_command}` (python: kalm_gen.imagine_dataset.write_imagined_dataset)"
+            f"dataset {spec.id} is imagined by the grounded LM {spec.model}, not collected in the "
+            f"simulator: build it with `{spec.build_command}` (python: "
+            "kalm_gen.imagine_dataset.write_imagined_dataset)"
         )
     if episodes is not None:
         spec = replace(spec, episodes=episodes)

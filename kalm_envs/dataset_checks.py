@@ -88,5 +88,5 @@ def _retired_env_error(dataset: str | Path, env_id: str) -> ValueError:
         f"dataset {str(dataset)!r} was recorded in the retired env {env_id}: {change} "
         f"({ENV_IDS[level]}), so its episodes are not those of the {level} level any more; rebuild "
         f"{oracle} (kalm datasets build {oracle}) or re-imagine {imagined} "
-        f"(kalm imagine --model MODEL_DIR --level {level})"
+        f"(kalm datasets build {imagined}, or kalm imagine --model MODEL --level {level})"
     )

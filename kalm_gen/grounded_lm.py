@@ -5,8 +5,11 @@
 - ``state_encoder``: MLP 10 -> d, writes a ball state into a state slot;
 - ``action_embedding``: 40 x d table, writes an action into an action slot;
 - ``action_head``: d -> 40 logits, read at state slots (the next action);
-- ``state_head``: MLP d -> 10, read at action slots (the next state's change, see
-  :data:`kalm_gen.sequences.STATE_SCALE`).
+- ``state_head``: MLP d -> 10, read at action slots: the next state, given the state before the
+  action (:meth:`GroundedLM.next_state`, parameterised as set by ``GroundedLMConfig.state_head``).
+
+``GroundedLMConfig.num_layers`` keeps only the LM's first decoder layers (the rest are dropped
+before LoRA is applied), a lever for speed on a CPU.
 
 The LM is adapted with LoRA (peft) by default, or fully fine-tuned. The forward pass runs the
 LM's decoder once and applies the LM head only at positions with a text target, which saves most
@@ -22,14 +25,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from kalm_gen.base_model import resolve_base_model
-from kalm_gen.sequences import ACTION_SLOT, IGNORE, STATE_SLOT
+from kalm_gen.sequences import ACTION_SLOT, STATE_SCALE, STATE_SLOT
 
 N_ACTIONS = 40
 STATE_DIM = 10
+STATE_HEADS = ("bounded", "delta")
+#: Box (m) of the bounded state head: where the walls keep ball centres after a push
+#: (:data:`kalm_envs.physics.BALL_X_LIMITS`, ``BALL_Y_LIMITS``; every real state after a push of
+#: real-v0 lies within x +-0.479, y -0.179..0.580) plus 5 mm, tiled over the five balls. Initial
+#: states may lie outside (resets place balls in x +-0.5, y -0.3..0.5): the first push moves
+#: them in, as the simulator's walls do.
+BOX_LOW = torch.tensor([-0.485, -0.185] * 5)
+BOX_HIGH = torch.tensor([0.485, 0.585] * 5)
+_BOX_EDGE = 1e-3  # a state on (or past) the box edge counts as this far inside it (box fraction)
 CONFIG_FILE = "grounded_lm.json"
 HEADS_FILE = "heads.safetensors"
 ADAPTER_DIR = "adapter"
@@ -45,6 +56,13 @@ class GroundedLMConfig:
         finetune: ``"lora"`` or ``"full"``.
         lora_rank, lora_alpha, lora_dropout, lora_targets: LoRA settings (peft).
         head_hidden: width of the state encoder's and state head's hidden layer.
+        num_layers: keep the LM's first this many decoder layers (None: all of them).
+        state_head: ``"bounded"``: the head moves each coordinate in logit space of the box
+            the walls leave (:data:`BOX_LOW` .. :data:`BOX_HIGH`), ``next = low + (high - low) *
+            sigmoid(logit(u) + out)`` with ``u`` the state's place in the box, so no predicted ball
+            can pass a wall and an output of 0 leaves a ball where it is; ``"delta"``: ``next = state + out *``
+            :data:`~kalm_gen.sequences.STATE_SCALE`, unbounded (models saved before the field
+            existed).
     """
 
     base_model: str = "smollm2"
@@ -54,25 +72,18 @@ class GroundedLMConfig:
     lora_dropout: float = 0.05
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     head_hidden: int = 256
+    num_layers: int | None = None
+    state_head: str = "bounded"
 
     def __post_init__(self) -> None:
         if self.finetune not in ("lora", "full"):
             raise ValueError(f"finetune {self.finetune!r} is not one of ('lora', 'full')")
-
-
-@dataclass
-class ForwardOutput:
-    """Losses (scalars, None when the batch has no such target) and the hidden states ``(B, L, d)``."""
-
-    hidden: torch.Tensor
-    action_loss: torch.Tensor | None
-    state_loss: torch.Tensor | None
-    text_loss: torch.Tensor | None
-
-    @property
-    def loss(self) -> torch.Tensor:
-        parts = [x for x in (self.action_loss, self.state_loss, self.text_loss) if x is not None]
-        return torch.stack(parts).sum()
+        if self.state_head not in STATE_HEADS:
+            raise ValueError(f"state_head {self.state_head!r} is not one of {STATE_HEADS}")
+        if self.num_layers is not None and (
+            isinstance(self.num_layers, bool) or not isinstance(self.num_layers, int) or self.num_layers < 1
+        ):
+            raise ValueError(f"num_layers {self.num_layers!r} must be a positive integer or None")
 
 
 class GroundedLM(nn.Module):
@@ -103,6 +114,7 @@ class GroundedLM(nn.Module):
         folder = resolve_base_model(config.base_model)
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         lm = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+        lm = _keep_layers(lm, config.num_layers)
         torch.manual_seed(seed)
         if config.finetune == "lora":
             from peft import LoraConfig, get_peft_model
@@ -130,22 +142,25 @@ class GroundedLM(nn.Module):
         self.tokenizer.save_pretrained(folder / "tokenizer")
 
     @classmethod
-    def load(cls, folder: Path) -> GroundedLM:
-        """Restore a model written by :meth:`save` (base weights come from ``base_model``)."""
+    def load(cls, folder: Path | str) -> GroundedLM:
+        """Restore a model written by :meth:`save` (base weights come from ``base_model``), from
+        its folder or by the name of a published model (:mod:`kalm_gen.published`)."""
         from safetensors.torch import load_file
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        folder = Path(folder)
-        if not (folder / CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"no grounded LM at {folder} (missing {CONFIG_FILE})")
-        config = GroundedLMConfig(**json.loads((folder / CONFIG_FILE).read_text()))
+        from kalm_gen.published import resolve_model
+
+        folder = resolve_model(folder)
+        values = json.loads((folder / CONFIG_FILE).read_text())
+        values.setdefault("state_head", "delta")  # saved before bounded heads existed
+        config = GroundedLMConfig(**values)
         tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
         if config.finetune == "lora":
             from peft import PeftModel
 
-            base = AutoModelForCausalLM.from_pretrained(
+            base = _keep_layers(AutoModelForCausalLM.from_pretrained(
                 resolve_base_model(config.base_model), local_files_only=True, dtype=torch.float32
-            )
+            ), config.num_layers)
             lm = PeftModel.from_pretrained(base, folder / ADAPTER_DIR, is_trainable=True)
         else:
             lm = AutoModelForCausalLM.from_pretrained(folder / FULL_MODEL_DIR, local_files_only=True, dtype=torch.float32)
@@ -179,7 +194,7 @@ class GroundedLM(nn.Module):
         embeddings = torch.where(kinds == STATE_SLOT, slot_states, embeddings)
         return torch.where(kinds == ACTION_SLOT, slot_actions, embeddings)
 
-    def decode(self, embeddings: torch.Tensor, attention_mask: torch.Tensor, past_key_values: Any = None, position_ids: torch.Tensor | None = None) -> Any:
+    def decode(self, embeddings: torch.Tensor, attention_mask: torch.Tensor | None, past_key_values: Any = None, position_ids: torch.Tensor | None = None) -> Any:
         """Run the LM's decoder (with LoRA) on embeddings; returns its output with the KV cache."""
         if position_ids is None:
             position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -embeddings.shape[1]:]
@@ -192,21 +207,35 @@ class GroundedLM(nn.Module):
         """LM-head logits of selected hidden states ``(..., d) -> (..., vocab)``."""
         return self._causal_lm().get_output_embeddings()(hidden)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> ForwardOutput:
-        """Losses of a collated batch (see :func:`kalm_gen.sequences.collate`)."""
+    def hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``(B, L, d)`` last hidden states of a collated or packed training batch (see
+        :func:`kalm_gen.sequences.collate`): decoded with its ``position_ids`` and no 2D mask, so
+        each position attends only to its own sequence."""
         embeddings = self.embed(batch["token_ids"], batch["kinds"], batch["states"], batch["actions"])
-        hidden = self.decode(embeddings, batch["attention_mask"]).last_hidden_state
-        action_loss = state_loss = text_loss = None
-        at = batch["action_targets"] != IGNORE
-        if at.any():
-            action_loss = F.cross_entropy(self.action_head(hidden[at]), batch["action_targets"][at])
-        st = batch["state_target_mask"]
-        if st.any():
-            state_loss = F.mse_loss(self.state_head(hidden[st]), batch["state_targets"][st])
-        tt = batch["token_targets"] != IGNORE
-        if tt.any():
-            text_loss = F.cross_entropy(self.text_logits(hidden[tt]), batch["token_targets"][tt])
-        return ForwardOutput(hidden, action_loss, state_loss, text_loss)
+        return self.decode(embeddings, None, position_ids=batch["position_ids"]).last_hidden_state
+
+    def next_state(self, hidden: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """The predicted next state ``(..., 10)`` (m, float32) from the hidden state at an action
+        slot ``(..., d)`` and the state before the action ``(..., 10)`` (m)."""
+        out = self.state_head(hidden).float()
+        state = state.float()
+        if self.config.state_head == "delta":
+            return state + out * STATE_SCALE
+        low, high = BOX_LOW.to(state.device), BOX_HIGH.to(state.device)
+        place = ((state - low) / (high - low)).clamp(_BOX_EDGE, 1 - _BOX_EDGE)
+        return low + (high - low) * torch.sigmoid(torch.logit(place) + out)
+
+
+def _keep_layers(lm: nn.Module, num_layers: int | None) -> nn.Module:
+    """``lm`` with only its first ``num_layers`` decoder layers (all of them when None)."""
+    decoder = lm.get_decoder()
+    if num_layers is None or num_layers >= len(decoder.layers):
+        return lm
+    decoder.layers = decoder.layers[:num_layers]
+    lm.config.num_hidden_layers = num_layers
+    if getattr(lm.config, "layer_types", None):
+        lm.config.layer_types = lm.config.layer_types[:num_layers]
+    return lm
 
 
 _HEADS = ("state_encoder", "action_embedding", "action_head", "state_head")

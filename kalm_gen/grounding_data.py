@@ -37,7 +37,7 @@ from kalm_envs.language import instruction_variants
 from kalm_envs.dataset_checks import dataset_folder, dataset_level
 from kalm_envs.minari_io import DatasetError, read_packed
 from kalm_gen.sequences import TASKS, Sequence as TokenSequence
-from kalm_gen.sequences import collate, dynamics_sequence, explain_sequence, rollout_sequence
+from kalm_gen.sequences import collate, dynamics_sequence, explain_sequence, pack, rollout_sequence
 
 __all__ = [
     "DEFAULT_TASK_WEIGHTS",
@@ -271,10 +271,14 @@ class GroundingData:
         plan, rng = self.batch_plan(index, batch_size)
         return [self.example(episode, task, rng) for episode, task in plan]
 
-    def train_batch(self, index: int, batch_size: int) -> dict[str, np.ndarray]:
-        """Training batch ``index``, collated (plus ``task_ids`` and ``episode_ids``)."""
+    def train_batch(self, index: int, batch_size: int, pack_length: int | None = None) -> dict[str, np.ndarray]:
+        """Training batch ``index``, one sequence a row, or packed into rows of ``pack_length``
+        positions (:func:`kalm_gen.sequences.pack`); plus ``task_ids`` and ``episode_ids``
+        (one per sequence)."""
         plan, rng = self.batch_plan(index, batch_size)
-        return collate_examples([self.example(e, t, rng) for e, t in plan], [e.episode_id for e, _ in plan])
+        return collate_examples(
+            [self.example(e, t, rng) for e, t in plan], [e.episode_id for e, _ in plan], pack_length
+        )
 
     # --- validation --------------------------------------------------------------------------------
 
@@ -301,9 +305,13 @@ class GroundingData:
         return batches[rank::world_size]
 
 
-def collate_examples(sequences: Sequence[TokenSequence], episode_ids: Sequence[int]) -> dict[str, np.ndarray]:
-    """:func:`kalm_gen.sequences.collate` plus ``task_ids`` (index into TASKS) and ``episode_ids``."""
-    batch = collate(list(sequences))
+def collate_examples(
+    sequences: Sequence[TokenSequence], episode_ids: Sequence[int], pack_length: int | None = None
+) -> dict[str, np.ndarray]:
+    """:func:`kalm_gen.sequences.collate` (or :func:`~kalm_gen.sequences.pack` into rows of
+    ``pack_length`` positions) plus ``task_ids`` (index into TASKS) and ``episode_ids``, one per
+    sequence."""
+    batch = collate(list(sequences)) if pack_length is None else pack(list(sequences), pack_length)
     batch["task_ids"] = np.array([TASK_INDEX[s.task] for s in sequences], dtype=np.int64)
     batch["episode_ids"] = np.asarray(episode_ids, dtype=np.int64)
     return batch
@@ -313,12 +321,13 @@ class GroundingSampler:
     """Endless training batches for one process: process ``rank`` of ``world_size`` takes batch
     ``step * world_size + rank`` at each ``step``, starting at ``start_step``.
 
-    Batches are collated numpy arrays, or torch tensors on ``device`` when one is given.
+    Batches are collated (or, with ``pack_length``, packed) numpy arrays, or torch tensors on
+    ``device`` when one is given.
     """
 
     def __init__(
         self, data: GroundingData, batch_size: int, rank: int = 0, world_size: int = 1,
-        start_step: int = 0, device: Any = None,
+        start_step: int = 0, device: Any = None, pack_length: int | None = None,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} must lie in [0, {world_size})")
@@ -328,12 +337,13 @@ class GroundingSampler:
         self.world_size = world_size
         self.step = start_step
         self.device = device
+        self.pack_length = pack_length
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return self
 
     def __next__(self) -> dict[str, Any]:
-        batch = self.data.train_batch(self.step * self.world_size + self.rank, self.batch_size)
+        batch = self.data.train_batch(self.step * self.world_size + self.rank, self.batch_size, self.pack_length)
         self.step += 1
         if self.device is None:
             return batch

@@ -5,8 +5,8 @@ A rollout is generated in the layout of :func:`kalm_gen.sequences.rollout_sequen
 
 - the hidden state at the last state slot ``S_t`` -> ``action_head`` -> action ``a_t`` (argmax, or
   drawn from ``softmax(logits / temperature)`` with the episode's own seeded ``torch.Generator``);
-- the action slot ``A_t`` is fed -> ``state_head`` gives the change -> ``S_{t+1} = S_t + change *``
-  :data:`~kalm_gen.sequences.STATE_SCALE`;
+- the action slot ``A_t`` is fed -> ``state_head`` gives the next state ``S_{t+1}`` from ``S_t``
+  (:meth:`~kalm_gen.grounded_lm.GroundedLM.next_state`);
 - the state slot ``S_{t+1}`` is fed, and so on.
 
 Design:
@@ -56,7 +56,7 @@ from kalm_envs.physics import STATE_DIM
 from kalm_envs.predicates import is_success, transition_outcome
 from kalm_envs.registration import ENV_IDS, EPISODE_STEPS
 from kalm_envs.rollout import Episode
-from kalm_gen.sequences import ACTION_SLOT, STATE_SCALE, STATE_SLOT, TEXT, rollout_prompt
+from kalm_gen.sequences import ACTION_SLOT, STATE_SLOT, TEXT, rollout_prompt
 
 DEFAULT_BATCH_SIZE = 16
 #: Bounds of a valid generated ball centre (x, y), m: the env's observation box.
@@ -339,8 +339,8 @@ def _generate(
                 for step in range(1, max_steps + 1):
                     chosen = _choose_actions(model.action_head(hidden), temperature, generators)
                     hidden = decoder.feed(ACTION_SLOT, actions=chosen)
-                    change = model.state_head(hidden).float().cpu().numpy()
-                    following = (current + change * np.float32(STATE_SCALE)).astype(np.float32)
+                    before = torch.as_tensor(current, device=hidden.device)
+                    following = model.next_state(hidden, before).cpu().numpy().astype(np.float32)
                     valid = state_valid(following)
                     success = np.zeros(len(live), dtype=bool)
                     if valid.any():

@@ -26,6 +26,7 @@ from kalm_envs.collector import REF_EPISODES, REF_SEED_OFFSET, reference_scores
 from kalm_envs.dataset_specs import get_spec, package_version, published_id
 from kalm_envs.minari_io import dataset_dir, staging_dir, write_dataset
 from kalm_envs.registration import ENV_IDS, EPISODE_STEPS
+from kalm_gen.published import resolve_model
 from kalm_gen.imagine import (
     DEFAULT_BATCH_SIZE,
     INVALID_RULE,
@@ -97,7 +98,8 @@ def write_imagined_dataset(
     progress: bool = False,
     model: Any = None,
 ) -> Path:
-    """Imagine ``episodes`` rollouts of ``level`` with the model saved in ``model_dir`` and write
+    """Imagine ``episodes`` rollouts of ``level`` with the model saved in ``model_dir`` (a folder,
+    or the name of a published model, :func:`kalm_gen.published.resolve_model`) and write
     them as ``dataset_id`` (default: the level's published imagined id, e.g.
     ``kalm/clevr-robot/imagined-hard-v0``); return its folder.
 
@@ -123,9 +125,8 @@ def write_imagined_dataset(
         raise ValueError(f"episodes {episodes} must be at least 1")
     if ref_episodes < 1 or workers < 1:
         raise ValueError(f"ref_episodes {ref_episodes} and workers {workers} must be at least 1")
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise FileNotFoundError(f"no grounded LM folder at {model_dir}")
+    model_name = str(model_dir)
+    model_dir = resolve_model(model_dir)
     if dataset_dir(dataset_id).exists():
         raise FileExistsError(f"dataset {dataset_id} already exists at {dataset_dir(dataset_id)}")
     if model is None:
@@ -145,7 +146,7 @@ def write_imagined_dataset(
     work = staging_dir(dataset_id)
     work.mkdir(parents=True, exist_ok=True)
     ref_scores = reference_scores(level, seed + REF_SEED_OFFSET, workers, work, ref_episodes)
-    command = (f"kalm imagine --model {model_dir} --level {level} --episodes {episodes} --seed {seed} "
+    command = (f"kalm imagine --model {model_name} --level {level} --episodes {episodes} --seed {seed} "
                f"--batch-size {batch_size} --id {dataset_id}" + (" --drop-invalid" if drop_invalid else "")
                + (f" --max-steps {max_steps}" if max_steps != EPISODE_STEPS[level] else "")
                + (f" --temperature {temperature} --sample-seed {sample_seed}" if temperature > 0 else ""))

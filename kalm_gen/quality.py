@@ -9,6 +9,7 @@ greedy rollouts are imagined and measured:
 | ``replay_match_rate`` | the generated actions, replayed open-loop in the real env from the same initial state and goal, reach the goal |
 | ``state_error_mean`` / ``state_error_max`` | per-step error between generated and replayed states: mean distance (m) of the five ball centres, averaged / maximised over all replayed steps |
 | ``out_of_workbench_rate`` | rollouts cut at an invalid state (see :mod:`kalm_gen.imagine`) |
+| ``wall_crossing_rate`` | rollouts with a generated ball centre beyond the walls' limits (x +-0.47, y -0.17..0.57 m) by more than 2 cm where the ball did not start: a bounded state head keeps every ball in the box, so this is what shows a ball pushed through a wall |
 
 Explanation (rollout -> text) is measured on REAL episodes the model did not train on (by
 convention the last episodes of a dataset, see :func:`held_out_episodes`): the instruction is
@@ -28,6 +29,13 @@ from kalm_envs.goals import Goal
 from kalm_envs.language import parse_instruction
 from kalm_envs.registration import ENV_IDS
 from kalm_envs.rollout import Episode
+from kalm_gen.diagnostics import (
+    action_agreement,
+    beyond_walls,
+    error_by_horizon,
+    explanation_parts,
+    one_step_errors,
+)
 from kalm_gen.imagine import (
     DEFAULT_BATCH_SIZE,
     ImaginationTasks,
@@ -50,7 +58,8 @@ def replay_rollouts(level: str, tasks: ImaginationTasks, rollouts: Sequence[Epis
     """Replay each rollout's actions in the real env (same goal, wording and initial state).
 
     Returns ``replay_match_rate``, ``state_error_mean``, ``state_error_max`` (m; None when no
-    rollout has a step) and the per-rollout ``replay_success`` list.
+    rollout has a step), the per-rollout ``replay_success`` list and ``replayed`` states
+    ``(T_i + 1, 10)`` (float64, the simulator's, up to where it ended).
     """
     import gymnasium as gym
 
@@ -59,39 +68,45 @@ def replay_rollouts(level: str, tasks: ImaginationTasks, rollouts: Sequence[Epis
     env = gym.make(ENV_IDS[level])
     errors: list[float] = []
     successes: list[bool] = []
+    replayed: list[np.ndarray] = []
     for i, rollout in enumerate(rollouts):
-        env.reset(options={
+        observation, _ = env.reset(options={
             "goal": tasks.goals[i], "instruction": tasks.instructions[i],
             "initial_state": tasks.initial_states[i].astype(np.float64),
         })
         success = False
+        states = [observation["observation"].astype(np.float64)]
         for t, action in enumerate(rollout.actions, start=1):
             observation, _, terminated, truncated, info = env.step(int(action))
+            states.append(observation["observation"].astype(np.float64))
             gap = (observation["observation"].astype(np.float64) - rollout.observations[t]).reshape(-1, 2)
             errors.append(float(np.hypot(gap[:, 0], gap[:, 1]).mean()))
             success = bool(info["is_success"])
             if terminated or truncated:
                 break
         successes.append(success)
+        replayed.append(np.stack(states))
     env.close()
     return {
         "replay_match_rate": float(np.mean(successes)) if successes else 0.0,
         "state_error_mean": float(np.mean(errors)) if errors else None,
         "state_error_max": float(np.max(errors)) if errors else None,
         "replay_success": successes,
+        "replayed": replayed,
     }
 
 
 def rollout_quality(
     model: Any, level: str, episodes: int = 50, seed: int = QUALITY_SEED,
-    batch_size: int = DEFAULT_BATCH_SIZE, max_steps: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE, max_steps: int | None = None, diagnose: bool = False,
 ) -> dict[str, Any]:
     """The rollout metrics of the module docstring on ``episodes`` tasks of ``level``; rollouts
-    stop at ``max_steps`` (default: the level's steps, 1 push on easy, 50 on the others)."""
+    stop at ``max_steps`` (default: the level's steps, 1 push on easy, 50 on the others). With
+    ``diagnose``, ``error_by_horizon`` and ``one_step`` (:mod:`kalm_gen.diagnostics`) too."""
     tasks = level_tasks(level, episodes, seed)
     rollouts: list[ImaginedEpisode] = imagine_tasks(model, tasks, max_steps=max_steps, batch_size=batch_size)
     replay = replay_rollouts(level, tasks, rollouts)
-    return {
+    row = {
         "level": level,
         "seed": seed,
         "episodes": len(rollouts),
@@ -101,7 +116,12 @@ def rollout_quality(
         "state_error_max": replay["state_error_max"],
         "out_of_workbench_rate": float(np.mean([e.invalid for e in rollouts])),
         "mean_length": float(np.mean([e.length for e in rollouts])),
+        "wall_crossing_rate": float(np.mean([beyond_walls(e) for e in rollouts])),
     }
+    if diagnose:
+        row["error_by_horizon"] = error_by_horizon(replay["replayed"], rollouts)
+        row["one_step"] = one_step_errors(level, rollouts)
+    return row
 
 
 def _explain_prefix(model: Any, episode: Episode) -> dict[str, np.ndarray]:
@@ -213,10 +233,21 @@ def imagination_quality(
     model: Any, levels: Sequence[str] = ("rephrase", "easy", "hard"), episodes: int = 50,
     seed: int = QUALITY_SEED, batch_size: int = DEFAULT_BATCH_SIZE,
     real_episodes: Sequence[Episode] | None = None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    diagnose: bool = False,
 ) -> dict[str, Any]:
-    """Rollout metrics per level and, given real episodes, explanation metrics."""
-    report: dict[str, Any] = {"levels": {level: rollout_quality(model, level, episodes, seed, batch_size)
-                                         for level in levels}}
+    """Rollout metrics per level and, given real episodes, explanation metrics; with
+    ``diagnose`` the figures of :mod:`kalm_gen.diagnostics` as well (the explanation's parts and
+    the action agreement on the real episodes)."""
+    report: dict[str, Any] = {"levels": {
+        level: rollout_quality(model, level, episodes, seed, batch_size, diagnose=diagnose) for level in levels
+    }}
     if real_episodes:
-        report["explanation"] = explanation_quality(model, real_episodes, batch_size, max_new_tokens)
+        texts = explain_episodes(model, real_episodes, batch_size, max_new_tokens)
+        report["explanation"] = score_explanations(texts, real_episodes)
+        if diagnose:
+            report["explanation"]["parts"] = explanation_parts(texts, real_episodes)
+            report["action_agreement"] = action_agreement(model, real_episodes, batch_size)
+            # the same one-step comparison on real steps: what the simulator itself gives when it
+            # restarts from ball centres alone (no spins, no contacts)
+            report["one_step_floor"] = one_step_errors("train", real_episodes)
     return report

@@ -163,17 +163,65 @@ def dynamics_sequence(tokenize, state: np.ndarray, action: int, next_state: np.n
     return sequence
 
 
-def collate(sequences: list[Sequence]) -> dict[str, np.ndarray]:
-    """Right-pad sequences into ``(B, L_max)`` arrays plus an ``attention_mask``."""
-    length = max(len(s) for s in sequences)
+_FILLS = (
+    ("token_ids", 0), ("kinds", TEXT), ("actions", 0), ("token_targets", IGNORE),
+    ("action_targets", IGNORE), ("state_target_mask", False),
+)
+
+
+def _rows(sequences: list[Sequence], rows: list[list[int]], length: int) -> dict[str, np.ndarray]:
+    """Lay ``sequences`` out in ``len(rows)`` rows of ``length`` positions: row ``r`` holds the
+    sequences ``rows[r]`` one after the other, then padding. Adds ``attention_mask`` (1 at a
+    sequence's positions), ``position_tasks`` (index into :data:`TASKS`, -1 at padding) and
+    ``position_ids`` (restarting at 0 for each sequence and for the padding)."""
     batch: dict[str, np.ndarray] = {}
-    for field, fill in (
-        ("token_ids", 0), ("kinds", TEXT), ("actions", 0), ("token_targets", IGNORE),
-        ("action_targets", IGNORE), ("state_target_mask", False),
-    ):
-        values = [getattr(s, field) for s in sequences]
-        batch[field] = np.stack([np.pad(v, (0, length - len(v)), constant_values=fill) for v in values])
-    for field in ("states", "state_targets"):
-        batch[field] = np.stack([np.pad(getattr(s, field), ((0, length - len(s)), (0, 0))) for s in sequences])
-    batch["attention_mask"] = np.stack([np.arange(length) < len(s) for s in sequences]).astype(np.int64)
+    for name, fill in _FILLS:
+        batch[name] = np.full((len(rows), length), fill, dtype=getattr(sequences[0], name).dtype)
+    for name in ("states", "state_targets"):
+        batch[name] = np.zeros((len(rows), length, 10), dtype=np.float32)
+    batch["attention_mask"] = np.zeros((len(rows), length), dtype=np.int64)
+    batch["position_tasks"] = np.full((len(rows), length), -1, dtype=np.int64)
+    batch["position_ids"] = np.zeros((len(rows), length), dtype=np.int64)
+    for r, members in enumerate(rows):
+        start = 0
+        for i in members:
+            sequence, end = sequences[i], start + len(sequences[i])
+            for name in (*(f for f, _ in _FILLS), "states", "state_targets"):
+                batch[name][r, start:end] = getattr(sequence, name)
+            batch["attention_mask"][r, start:end] = 1
+            batch["position_tasks"][r, start:end] = TASKS.index(sequence.task)
+            batch["position_ids"][r, start:end] = np.arange(len(sequence))
+            start = end
+        batch["position_ids"][r, start:] = np.arange(length - start)
     return batch
+
+
+def collate(sequences: list[Sequence]) -> dict[str, np.ndarray]:
+    """One sequence a row, right-padded into ``(B, L_max)`` arrays (see :func:`_rows` for the
+    extra fields)."""
+    return _rows(sequences, [[i] for i in range(len(sequences))], max(len(s) for s in sequences))
+
+
+def pack(sequences: list[Sequence], row_length: int) -> dict[str, np.ndarray]:
+    """Several sequences a row: first-fit decreasing into rows of ``max(row_length, longest)``
+    positions, so that short examples (a dynamics step is ~6 positions) fill the room a long one
+    leaves instead of padding.
+
+    Every sequence restarts ``position_ids`` at 0; decoding with these position ids and no 2D
+    attention mask makes transformers confine each position's attention to its own sequence (its
+    packed-sequence mask), so a packed sequence gives the same outputs as a padded one.
+    """
+    if row_length < 1:
+        raise ValueError(f"row_length {row_length} must be at least 1")
+    length = max(row_length, max(len(s) for s in sequences))
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(sequences)), key=lambda k: (-len(sequences[k]), k)):
+        fits = next((r for r, free in enumerate(room) if free >= len(sequences[i])), None)
+        if fits is None:
+            rows.append([])
+            room.append(length)
+            fits = len(rows) - 1
+        rows[fits].append(i)
+        room[fits] -= len(sequences[i])
+    return _rows(sequences, rows, max(length - free for free in room))

@@ -66,14 +66,15 @@ from kalm_gen.grounding_data import (
     load_grounding_episodes,
     normalize_task_weights,
 )
-from kalm_gen.sequences import IGNORE, TASKS
+from kalm_gen.sequences import IGNORE, STATE_SCALE, TASKS
 
-__all__ = ["GroundingObjective", "GroundingTrainConfig", "latest_checkpoint", "train_grounding"]
+__all__ = ["GroundingObjective", "GroundingTrainConfig", "latest_checkpoint", "read_log", "summarize_log", "train_grounding"]
 
 CONFIG_FILE = "grounding_config.json"
 LOG_FILE = "log.jsonl"
 FINAL_DIR = "final"
 CHECKPOINT_MARKER = "checkpoint_complete.json"
+PRECISIONS = ("auto", "bf16", "fp32")
 SUMMARY_FILE = "training_summary.json"
 STATE_FILE = "training_state.pt"
 LOCK_FILE = ".lock"
@@ -110,6 +111,13 @@ class GroundingTrainConfig:
         task_weights: relative frequency of rollout, explain and dynamics examples.
         val_fraction: share of episodes held out (whole episodes) for validation.
         max_episodes: at most this many episodes of each dataset (the first ones).
+        num_layers: keep the LM's first this many decoder layers (None: all).
+        state_head: ``"bounded"`` or ``"delta"`` (see :class:`~kalm_gen.grounded_lm.GroundedLMConfig`).
+        precision: ``"bf16"`` (bfloat16 autocast, on a CPU as well), ``"fp32"``, or ``"auto"``:
+            bf16 on a GPU that supports it, else fp32 (``benchmarks/ground_speed.py``: on an AVX2
+            CPU bf16 autocast is about 12x slower than fp32).
+        pack_length: pack several examples into rows of this many positions
+            (:func:`kalm_gen.sequences.pack`) instead of one padded example a row; None pads.
     """
 
     datasets: list[str]
@@ -133,6 +141,10 @@ class GroundingTrainConfig:
     task_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TASK_WEIGHTS))
     val_fraction: float = 0.1
     max_episodes: int | None = None
+    num_layers: int | None = None
+    state_head: str = "bounded"
+    precision: str = "auto"
+    pack_length: int | None = 512
 
     def __post_init__(self) -> None:
         if isinstance(self.datasets, str | Path):
@@ -160,13 +172,18 @@ class GroundingTrainConfig:
             raise ValueError(f"val_fraction {self.val_fraction} must lie in [0, 1)")
         if self.max_episodes is not None and self.max_episodes < 1:
             raise ValueError(f"max_episodes {self.max_episodes} must be at least 1")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r} is not one of {PRECISIONS}")
+        if self.pack_length is not None and self.pack_length < 1:
+            raise ValueError(f"pack_length {self.pack_length} must be at least 1 (or None: no packing)")
         normalize_task_weights(self.task_weights)
+        self.model_config()  # num_layers and state_head
 
     def model_config(self) -> GroundedLMConfig:
         return GroundedLMConfig(
             base_model=self.base_model, finetune=self.finetune, lora_rank=self.lora_rank,
             lora_alpha=self.lora_alpha if self.lora_alpha is not None else 2 * self.lora_rank,
-            head_hidden=self.head_hidden,
+            head_hidden=self.head_hidden, num_layers=self.num_layers, state_head=self.state_head,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -201,9 +218,8 @@ class GroundingObjective(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         model = self.model
-        embeddings = model.embed(batch["token_ids"], batch["kinds"], batch["states"], batch["actions"])
-        hidden = model.decode(embeddings, batch["attention_mask"]).last_hidden_state
-        task = batch["task_ids"][:, None].expand(batch["kinds"].shape)
+        hidden = model.hidden_states(batch)
+        task = batch["position_tasks"]
         masks = {
             "action": batch["action_targets"] != IGNORE,
             "state": batch["state_target_mask"].bool(),
@@ -214,8 +230,10 @@ class GroundingObjective(nn.Module):
             logits = model.action_head(hidden[masks["action"]]).float()
             errors["action"] = F.cross_entropy(logits, batch["action_targets"][masks["action"]], reduction="none")
         if masks["state"].any():
-            predicted = model.state_head(hidden[masks["state"]]).float()
-            errors["state"] = ((predicted - batch["state_targets"][masks["state"]].float()) ** 2).mean(-1)
+            # an action slot always follows the state slot of the state it acts on
+            before = torch.roll(batch["states"], 1, dims=1)[masks["state"]]
+            change = (model.next_state(hidden[masks["state"]], before) - before) / STATE_SCALE
+            errors["state"] = ((change - batch["state_targets"][masks["state"]].float()) ** 2).mean(-1)
         if masks["text"].any():
             logits = model.text_logits(hidden[masks["text"]]).float()
             errors["text"] = F.cross_entropy(logits, batch["token_targets"][masks["text"]], reduction="none")
@@ -348,8 +366,9 @@ def _prepare_output(config: GroundingTrainConfig) -> Path:
     return output
 
 
-def _read_log(output: Path) -> list[dict[str, Any]]:
-    path = output / LOG_FILE
+def read_log(output: Path) -> list[dict[str, Any]]:
+    """The records of ``output/log.jsonl`` in order, up to a line cut by a kill."""
+    path = Path(output) / LOG_FILE
     if not path.is_file():
         return []
     records = []
@@ -363,7 +382,7 @@ def _read_log(output: Path) -> list[dict[str, Any]]:
 
 def _reset_log(output: Path, keep_until: int, event: dict[str, Any]) -> None:
     """Keep the log records up to step ``keep_until`` (what a resumed run has done), add ``event``."""
-    kept = [r for r in _read_log(output) if r.get("step", 0) <= keep_until] if keep_until > 0 else []
+    kept = [r for r in read_log(output) if r.get("step", 0) <= keep_until] if keep_until > 0 else []
     lines = [json.dumps(r, sort_keys=True) for r in [*kept, event]]
     atomic_write_text(output / LOG_FILE, "\n".join(lines) + "\n")
 
@@ -401,8 +420,11 @@ def _schedule(config: GroundingTrainConfig):
     return factor
 
 
-def _mixed_precision() -> str:
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+def _mixed_precision(precision: str) -> str:
+    """accelerate's ``mixed_precision`` for a config's ``precision``."""
+    if precision == "auto":  # on a CPU without bf16 instructions (AVX2) bf16 is ~10x slower
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if precision == "bf16" else "no"
 
 
 def train_grounding(config: GroundingTrainConfig, *, progress: bool = True) -> dict[str, Any]:
@@ -467,7 +489,7 @@ def _train(config: GroundingTrainConfig, progress: bool, stack: contextlib.ExitS
         # without CUDA, cpu=True is what makes accelerate join torchrun-started processes with
         # gloo (MULTI_CPU) instead of leaving each process alone
         cpu=not torch.cuda.is_available(),
-        mixed_precision=_mixed_precision(),
+        mixed_precision=_mixed_precision(config.precision),
     )
     main = accelerator.is_main_process
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -550,7 +572,8 @@ def _train(config: GroundingTrainConfig, progress: bool, stack: contextlib.ExitS
 
     bar = tqdm(total=config.steps, initial=start_step, desc="grounding", unit="step",
                disable=not (main and progress), dynamic_ncols=True)
-    sampler = GroundingSampler(data, config.batch_size, rank, world, start_step, device=device)
+    sampler = GroundingSampler(data, config.batch_size, rank, world, start_step, device=device,
+                               pack_length=config.pack_length)
     smoothed: dict[str, float] = {}
     positions = 0
     train_seconds = 0.0
@@ -574,7 +597,7 @@ def _train(config: GroundingTrainConfig, progress: bool, stack: contextlib.ExitS
         positions += int(stats[-1])
         losses = task_losses(_component_means(stats[:len(COMPONENTS)], stats[len(COMPONENTS):-1]))
         log({"kind": "train", "step": step, **losses, "lr": scheduler.get_last_lr()[0],
-             "positions": int(stats[-1])})
+             "positions": int(stats[-1]), "seconds": round(time.perf_counter() - tick, 4)})
         for name in ("rollout", "explain", "dynamics"):  # the bar shows moving averages
             if name in losses:
                 smoothed[name] = 0.9 * smoothed.get(name, losses[name]) + 0.1 * losses[name]
@@ -594,7 +617,7 @@ def _train(config: GroundingTrainConfig, progress: bool, stack: contextlib.ExitS
     bar.close()
 
     accelerator.wait_for_everyone()
-    records = _read_log(output)
+    records = read_log(output)
     summary = _summary(config, records, start_step, latest is not None, data, trainable, world)
     summary.update({
         "wall_s": round(time.perf_counter() - started, 2),
@@ -642,7 +665,10 @@ def _save_final(output: Path, model: GroundedLM, summary: dict[str, Any]) -> Pat
     return final
 
 
-def _summary(config, records, start_step, resumed, data, trainable, world) -> dict[str, Any]:
+def summarize_log(records: list[dict[str, Any]], steps: int) -> dict[str, Any]:
+    """The losses of a run's log records: ``initial_train_losses`` (the first value of each),
+    ``train_losses`` (mean of the last :data:`TRAIN_WINDOW` steps), ``val_losses`` and
+    ``val_step`` (the last validation), with ``steps``."""
     train = [r for r in records if r.get("kind") == "train"]
     val = [r for r in records if r.get("kind") == "val"]
     keys = ("rollout", "rollout_action", "rollout_state", "explain", "dynamics", "total")
@@ -661,13 +687,19 @@ def _summary(config, records, start_step, resumed, data, trainable, world) -> di
             if key in row and key not in initial:
                 initial[key] = row[key]
     return {
-        "steps": config.steps,
-        "start_step": start_step,
-        "resumed_from": start_step if resumed else None,
+        "steps": steps,
         "initial_train_losses": initial,
         "train_losses": means(train[-TRAIN_WINDOW:]),
         "val_losses": {k: v for k, v in val[-1].items() if k in keys} if val else {},
         "val_step": val[-1]["step"] if val else None,
+    }
+
+
+def _summary(config, records, start_step, resumed, data, trainable, world) -> dict[str, Any]:
+    return {
+        **summarize_log(records, config.steps),
+        "start_step": start_step,
+        "resumed_from": start_step if resumed else None,
         "train_episodes": len(data.train_episodes),
         "val_episodes": len(data.val_episodes),
         "trainable_parameters": trainable,

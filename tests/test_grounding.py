@@ -222,6 +222,72 @@ def test_instructions_redrawn_among_the_goal_wordings(root: Path) -> None:
 # --- training ----------------------------------------------------------------------------------------
 
 
+def test_packing_keeps_every_example_and_changes_no_loss(root: Path, tiny: Path) -> None:
+    """Packed rows hold every example once, positions restart per example, and the losses of a
+    packed batch equal those of the same examples padded one a row."""
+    import torch
+
+    from kalm_gen.grounded_lm import GroundedLM, to_tensors
+    from kalm_gen.train import GroundingObjective
+
+    with temporary_minari_root(root):
+        episodes = load_grounding_episodes(REAL)
+    model = GroundedLM.from_config(_tiny_config(tiny, root).model_config(), seed=0)
+    data = GroundingData(episodes, model.tokenize, model.eos_id, val_fraction=0.0, seed=0)
+    objective = GroundingObjective(model).eval()
+    for index in range(4):
+        sequences = data.train_sequences(index, 9)
+        padded, packed = data.train_batch(index, 9), data.train_batch(index, 9, pack_length=64)
+        lengths = sorted(len(s) for s in sequences)
+        assert packed["attention_mask"].shape[0] < len(sequences)  # rows shared
+        assert packed["attention_mask"].shape[1] <= max(64, lengths[-1])
+        assert int(packed["attention_mask"].sum()) == sum(lengths) == int(padded["attention_mask"].sum())
+        starts = [int(p) for row, mask in zip(packed["position_ids"], packed["attention_mask"], strict=True)
+                  for p, prev, m in zip(row[1:], row[:-1], mask[1:], strict=True) if m and p != prev + 1]
+        assert len(starts) + len(packed["attention_mask"]) == len(sequences) and set(starts) <= {0}
+        for field in ("action_targets", "token_targets"):
+            assert sorted(padded[field][padded[field] >= 0]) == sorted(packed[field][packed[field] >= 0])
+        with torch.no_grad():
+            a, b = objective(to_tensors(padded)), objective(to_tensors(packed))
+        assert torch.equal(a["counts"], b["counts"])
+        assert torch.allclose(a["sums"], b["sums"], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="row_length 0"):
+        data.train_batch(0, 3, pack_length=0)
+
+
+def test_bounded_state_head_and_fewer_layers(tiny: Path, tmp_path: Path) -> None:
+    """The bounded head keeps predicted balls in its box whatever it outputs, leaves a ball in
+    place at output 0; a model with fewer layers saves and loads as such; old models load as
+    delta heads."""
+    import torch
+
+    from kalm_gen.grounded_lm import BOX_HIGH, BOX_LOW, CONFIG_FILE as MODEL_CONFIG, GroundedLM
+
+    config = _tiny_config(tiny, tmp_path, num_layers=1).model_config()
+    model = GroundedLM.from_config(config, seed=0)
+    assert len(model.lm.get_decoder().layers) == 1
+    state = torch.tensor([[-0.5, -0.3, 0.5, 0.6, 0.0, 0.1, 0.2, -0.2, -0.4, 0.55]])
+    hidden = torch.randn(64, 1, model.lm.config.hidden_size) * 1e3
+    with torch.no_grad():
+        wild = model.next_state(hidden, state.expand(64, 1, 10))
+        last = model.state_head[-1]
+        last.weight.zero_(), last.bias.zero_()
+        still = model.next_state(hidden[:1, 0], state)
+    assert torch.isfinite(wild).all() and (wild >= BOX_LOW).all() and (wild <= BOX_HIGH).all()
+    inside = ((state - BOX_LOW) / (BOX_HIGH - BOX_LOW) > 0.01) & ((state - BOX_LOW) / (BOX_HIGH - BOX_LOW) < 0.99)
+    assert torch.allclose(still[inside], state[inside], atol=1e-6)
+    model.save(tmp_path / "m")
+    loaded = GroundedLM.load(tmp_path / "m")
+    assert len(loaded.lm.get_decoder().layers) == 1 and loaded.config.state_head == "bounded"
+    values = json.loads((tmp_path / "m" / MODEL_CONFIG).read_text())
+    del values["state_head"]
+    (tmp_path / "m" / MODEL_CONFIG).write_text(json.dumps(values))
+    assert GroundedLM.load(tmp_path / "m").config.state_head == "delta"
+    for bad in ({"num_layers": 0}, {"state_head": "free"}, {"precision": "fp8"}, {"pack_length": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            _tiny_config(tiny, tmp_path, **bad).validate()
+
+
 def test_tiny_model_overfits_a_handful_of_episodes(root: Path, tiny: Path, tmp_path: Path) -> None:
     from kalm_gen.grounded_lm import GroundedLM
 
@@ -239,6 +305,45 @@ def test_tiny_model_overfits_a_handful_of_episodes(root: Path, tiny: Path, tmp_p
     assert model.config.finetune == "full" and model.config.head_hidden == 32
 
 
+def test_publish_a_run_with_its_card(root: Path, tiny: Path, tmp_path: Path, capsys) -> None:
+    """``kalm publish`` ships a finished run: the model loads from the published folder, the
+    card names the training command, the data checksum and the quality table, and the held-out
+    seeds are the episodes the run left out; a run that left none out is refused."""
+    from kalm.cli import main
+    from kalm_envs.minari_io import read_metadata
+    from kalm_gen.grounded_lm import GroundedLM
+    from kalm_gen.published import MODEL_CARD, published_held_out, resolve_model
+
+    with temporary_minari_root(root):
+        train_grounding(_tiny_config(tiny, tmp_path / "run", steps=4, checkpoint_every=2, max_episodes=4),
+                        progress=False)
+        train_grounding(_tiny_config(tiny, tmp_path / "all", steps=3), progress=False)
+        assert main(["publish", str(tmp_path / "run"), "--name", "tiny-v0", "--episodes", "2",
+                     "--real-episodes", "2", "--destination", str(tmp_path / "models"), "--json"]) == 0
+        report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        checksum = read_metadata(REAL)["kalm"]["checksum"]
+        assert main(["publish", str(tmp_path / "all"), "--name", "tiny-v1", "--destination",
+                     str(tmp_path / "models")]) == 2
+        assert "max_episodes None" in capsys.readouterr().err
+        assert main(["publish", str(tmp_path / "run"), "--name", "tiny-v2", "--checkpoint", "2", "--episodes", "1",
+                     "--real-episodes", "1", "--destination", str(tmp_path / "models")]) == 0
+        assert main(["publish", str(tmp_path / "run"), "--name", "tiny-v3", "--checkpoint", "3",
+                     "--destination", str(tmp_path / "models")]) == 2
+        assert "complete ones: [2]" in capsys.readouterr().err
+    assert "checkpoint at step 2 of a run planned for 4" in (tmp_path / "models" / "tiny-v2" / MODEL_CARD).read_text()
+    folder = tmp_path / "models" / "tiny-v0"
+    assert resolve_model(folder) == folder and report["training"]["held_out_seeds"] == [4, 6]
+    card = (folder / MODEL_CARD).read_text()
+    assert "kalm ground --datasets kalm/clevr-robot/real-v0" in card and "--max-episodes 4" in card
+    assert checksum in card and "goal match" in card and "explanation on 2 held-out" in card
+    assert set(report["quality"]["levels"]) == {"rephrase", "easy", "hard"}
+    assert "one_step_floor" in report["quality"] and "action_agreement" in report["quality"]
+    GroundedLM.load(folder)
+    assert not (tmp_path / "models" / "tiny-v1").exists()
+    with pytest.raises(FileNotFoundError, match="kalm-nonesuch-v9"):
+        published_held_out("kalm-nonesuch-v9")
+
+
 def test_resume_after_kill(root: Path, tiny: Path, tmp_path: Path) -> None:
     from kalm_gen.grounded_lm import GroundedLM
 
@@ -252,9 +357,9 @@ def test_resume_after_kill(root: Path, tiny: Path, tmp_path: Path) -> None:
         from kalm_gen.grounding_data import GroundingData
         from kalm_gen.train import GroundingTrainConfig, train_grounding
         batch = GroundingData.train_batch
-        def slow(self, index, size):  # slow steps down so that the kill lands mid-run
+        def slow(self, *args):  # slow steps down so that the kill lands mid-run
             time.sleep(0.15)
-            return batch(self, index, size)
+            return batch(self, *args)
         GroundingData.train_batch = slow
         config = GroundingTrainConfig.from_dict(json.loads(open({str(config_file)!r}).read()))
         train_grounding(config, progress=False)

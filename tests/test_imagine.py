@@ -44,7 +44,9 @@ from kalm_gen.quality import (
     rollout_quality,
     score_explanations,
 )
-from kalm_gen.sequences import collate, explain_sequence
+from kalm_gen.grounding_data import collate_examples
+from kalm_gen.sequences import explain_sequence
+from kalm_gen.train import GroundingObjective
 from kalm_gen.tiny import make_tiny_lm
 from tests.helpers import scene, temporary_minari_root
 
@@ -62,7 +64,9 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(tiny_dir):
-    return GroundedLM.from_config(GroundedLMConfig(base_model=str(tiny_dir), finetune="full", head_hidden=32))
+    """A tiny LM with an unbounded (delta) state head, which :func:`rigged` can drive anywhere."""
+    return GroundedLM.from_config(GroundedLMConfig(base_model=str(tiny_dir), finetune="full", head_hidden=32,
+                                                   state_head="delta"))
 
 
 def rigged(model: GroundedLM, change: list[float]) -> GroundedLM:
@@ -203,20 +207,37 @@ def test_bad_generation_input(model, easy_tasks):
 # --- datasets ---------------------------------------------------------------------------------
 
 
-def test_imagined_specs_and_build_refusal(tmp_path, monkeypatch, capsys):
+def test_imagined_specs_build_from_the_published_model(tmp_path, monkeypatch, capsys):
+    """Each imagined spec names the published model; ``kalm datasets build`` imagines it with
+    that model (the real SmolLM2 with the shipped adapter), verified, and a second build is
+    identical; the simulator's builder and a bad model name are refused with what to do."""
     from kalm.cli import main
+    from kalm_envs.minari_io import read_packed
+    from kalm_gen.published import DEFAULT_MODEL, published_models
 
-    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    assert DEFAULT_MODEL in published_models()
     specs = list_specs()
     for level in ("rephrase", "easy", "hard"):
         spec = specs[published_id("imagined", level)]
-        assert spec.source == "imagined" and spec.level == level
-        assert f"kalm imagine --model MODEL_DIR --level {level}" in spec.card()
-    assert specs["kalm/clevr-robot/oracle-easy-v1"].source == "oracle"
-    with pytest.raises(ValueError, match="kalm imagine"):
+        assert spec.source == "imagined" and spec.level == level and spec.model == DEFAULT_MODEL
+        assert f"kalm datasets build {spec.id}" in spec.card() and DEFAULT_MODEL in spec.card()
+    assert specs["kalm/clevr-robot/oracle-easy-v1"].source == "oracle" and not specs["kalm/clevr-robot/oracle-easy-v1"].model
+    with pytest.raises(ValueError, match="kalm datasets build kalm/clevr-robot/imagined-easy-v1"):
         build_dataset(get_spec(published_id("imagined", "easy")))
-    assert main(["datasets", "build", published_id("imagined", "hard")]) == 2
-    assert "kalm imagine --model MODEL_DIR --level hard" in capsys.readouterr().err
+    easy = published_id("imagined", "easy")
+    checksums = []
+    for name in ("a", "b"):
+        monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / name))
+        assert main(["datasets", "build", easy, "--episodes", "4"]) == 0
+        kalm = read_metadata(easy)["kalm"]
+        assert kalm["generator"]["config"]["state_head"] == "bounded" and kalm["episodes"] == 4
+        assert f"--model {DEFAULT_MODEL}" in kalm["build_command"]
+        checksums.append(kalm["checksum"])
+        assert len(read_packed(easy)["lengths"]) == 4
+    assert checksums[0] == checksums[1]
+    capsys.readouterr()
+    assert main(["imagine", "--model", "kalm-nonesuch-v9", "--level", "easy", "--episodes", "2"]) == 2
+    assert "kalm-nonesuch-v9" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -292,7 +313,7 @@ def test_writer_bad_input(written, model, tmp_path):
         write_imagined_dataset(folder, "hrad", episodes=2)
     with pytest.raises(ValueError, match="imagined levels"):
         write_imagined_dataset(folder, "train", episodes=2)
-    with pytest.raises(FileNotFoundError, match="no grounded LM"):
+    with pytest.raises(FileNotFoundError, match="neither a published grounded model"):
         write_imagined_dataset(tmp_path / "missing", "easy", episodes=2, dataset_id="test/missing-v0")
     with pytest.raises(FileExistsError):
         write_imagined_dataset(folder, "rephrase", episodes=2)
@@ -317,6 +338,50 @@ def test_rollout_quality_metrics(model):
     assert still["goal_match_rate"] == 0.0 and still["out_of_workbench_rate"] == 0.0 and still["mean_length"] == 1
 
 
+def test_diagnostics_of_simulated_and_drifting_rollouts(model):
+    """Simulator rollouts restarted from their recorded ball centres come back within the
+    simulator's own floor (centres alone do not hold spins and contacts) and never cross a wall,
+    and greedy actions agree with their noise-free oracle as often as with their record; a model
+    that slides the red ball 2 cm a step drifts far above that floor, its error growing with the
+    horizon."""
+    from kalm_gen.diagnostics import action_agreement, error_by_horizon, one_step_errors
+
+    episodes = oracle_episodes("train", [5, 6, 7], 0.0)
+    exact = one_step_errors("train", episodes)
+    assert exact["steps"] == sum(e.length for e in episodes) and exact["unplaceable_steps"] == 0
+    assert exact["pushed_error"] < 0.03 and exact["other_error"] < 0.01 and exact["wall_crossing_rate"] == 0
+    agreement = action_agreement(model, episodes, batch_size=2)
+    assert agreement["steps"] == exact["steps"]
+    assert agreement["oracle_agreement"] == agreement["recorded_agreement"]  # epsilon 0: the oracle's pushes
+
+    tasks = level_tasks("rephrase", 4, 0)
+    sliding = imagine_rollouts(rigged(model, drift(0.2)), tasks.goals, tasks.instructions, tasks.initial_states,
+                               "rephrase", max_steps=6, stop_early=False)
+    report = one_step_errors("rephrase", sliding)
+    assert report["drift_rate"] > 0.5 and report["drift_per_step"] > 2 * exact["drift_per_step"]
+    replay = replay_rollouts("rephrase", tasks, sliding)
+    horizon = error_by_horizon(replay["replayed"], sliding)
+    assert len(horizon) == 6 and horizon[-1] > horizon[0]
+
+
+def test_explanation_parts_name_what_is_wrong():
+    from kalm_gen.diagnostics import explanation_parts
+
+    episodes = oracle_episodes("train", [0, 1, 2, 3], 0.0)
+    right = explanation_parts([e.instruction for e in episodes], episodes)
+    assert right["parsed"] == 4 and right["kind_rate"] == right["first_ball_rate"] == 1.0
+    assert right["second_ball_rate"] == right["direction_rate"] == 1.0 and right["confused_balls"] == {}
+    swapped = []
+    for e in episodes:  # the same relation with its first ball replaced
+        goal = Goal.from_array(e.goal)
+        a, b, d = goal.clauses[0]
+        other = next(c for c in range(5) if c not in (a, b))
+        swapped.append(instruction_variants(Goal.relation(other, b, d), "train")[0])
+    wrong = explanation_parts(swapped, episodes)
+    assert wrong["first_ball_rate"] == 0.0 and wrong["second_ball_rate"] == 1.0
+    assert sum(wrong["confused_balls"].values()) == 4
+
+
 def test_replaying_simulator_rollouts_is_consistent():
     """Oracle rollouts are exact simulations: replaying them reproduces their states and outcome."""
     tasks = level_tasks("easy", 3, 40)
@@ -330,11 +395,13 @@ def test_explanation_metric_parses_decoded_text(model):
     """A copy of the tiny LM overfitted on two real episodes' explanations decodes them back."""
     episodes = oracle_episodes("train", [0, 1], 0.0)
     lm = copy.deepcopy(model)
-    batch = to_tensors(collate([explain_sequence(lm.tokenize, lm.eos_id, e.instruction, e.observations, e.actions)
-                                for e in episodes]))
+    batch = to_tensors(collate_examples(
+        [explain_sequence(lm.tokenize, lm.eos_id, e.instruction, e.observations, e.actions) for e in episodes],
+        [0, 1]))
+    objective = GroundingObjective(lm)
     optimizer = torch.optim.Adam(lm.parameters(), lr=3e-3)
     for _ in range(400):
-        loss = lm(batch).loss
+        loss = objective(batch)["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -384,5 +451,5 @@ def test_commands(written, capsys):
     with pytest.raises(SystemExit):
         _parse(imagine_command, ["--model", folder, "--level", "hrad"])
     assert "invalid choice: 'hrad'" in capsys.readouterr().err
-    with pytest.raises(FileNotFoundError, match="no grounded LM"):
+    with pytest.raises(FileNotFoundError, match="neither a published grounded model"):
         imagine_eval_command.run(_parse(imagine_eval_command, ["--model", folder + "-missing"]))

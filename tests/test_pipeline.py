@@ -62,6 +62,25 @@ def test_smoke_run_writes_the_report(first) -> None:
         assert Path(row["folder"]).name == f"{stage}-{row['hash']}" and (Path(row["folder"]) / MARKER).is_file()
 
 
+def test_a_changed_setting_imagines_with_the_published_model(first, capsys) -> None:
+    """``ground.published`` skips grounding: the real SmolLM2 with the shipped adapter imagines
+    the novel levels and explains real-v0 episodes it never trained on."""
+    from kalm_envs.minari_io import read_metadata
+    from kalm_gen.published import DEFAULT_MODEL, published_held_out, resolve_model
+    from tests.helpers import temporary_minari_root
+
+    root, _ = first
+    report = _cli(root, capsys, "--set", f"ground.published={DEFAULT_MODEL}", "--set", "imagine.quality_episodes=2")
+    grounding = report["grounding"]
+    assert grounding["published"] and grounding["model"] == DEFAULT_MODEL
+    assert grounding["held_out_seeds"] == published_held_out(DEFAULT_MODEL)
+    assert _reused(report)["data"] and not _reused(report)["imagine"]
+    assert report["imagination"]["quality"]["explanation"]["episodes"] == 2
+    with temporary_minari_root(root / "smoke" / "minari"):
+        generator = read_metadata(report["imagination"]["imagined"]["easy"])["kalm"]["generator"]
+    assert generator["model_dir"] == str(resolve_model(DEFAULT_MODEL).resolve())
+
+
 def test_a_rerun_reuses_every_stage(first, capsys) -> None:
     root, report = first
     started = time.perf_counter()
@@ -138,8 +157,21 @@ def test_a_killed_run_resumes(tmp_path) -> None:
     (["--set", "ground.held_out=40"], "held_out"),
     (["--set", "train.device=gpu"], "'gpu'"),
     (["--set", "evaluate.workers=0"], "evaluate.workers 0"),
+    (["--preset", "default", "--set", "ground.published=kalm-nonesuch-v9"], "kalm-nonesuch-v9"),
+    (["--preset", "scratch", "--set", "ground.num_layers=-2"], "num_layers -2"),
 ])
 def test_bad_preset_or_setting_is_refused_with_its_name(tmp_path, capsys, extra, named) -> None:
     assert kalm_main(["run", "--output-root", str(tmp_path), *extra]) == 2
     assert named in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before anything is written
+
+
+def test_default_preset_imagines_with_the_published_model() -> None:
+    """``make demo``'s preset grounds nothing: it hands the published model to imagination, and
+    grounding from scratch stays a preset of the same sizes."""
+    from kalm.pipeline import resolve_settings
+    from kalm_gen.published import DEFAULT_MODEL
+
+    default, scratch = resolve_settings("default"), resolve_settings("scratch")
+    assert default["ground"]["published"] == DEFAULT_MODEL and scratch["ground"]["published"] == ""
+    assert {k: v for k, v in default.items() if k != "ground"} == {k: v for k, v in scratch.items() if k != "ground"}

@@ -14,12 +14,16 @@ from kalm_envs.minari_io import dataset_dir, datasets_root, read_metadata
 from kalm_envs.verify import verify_dataset
 
 HELP = "list, build, inspect, verify and import the Minari datasets"
+#: Rollouts imagined together when an imagined spec is built: fixed, so that a build is repeatable
+#: (a batch's padding changes float sums), and larger than kalm imagine's default for speed.
+IMAGINED_BUILD_BATCH = 64
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser("list", help="published dataset ids and whether each is built here")
-    build = sub.add_parser("build", help="build a dataset from its spec (resumes an interrupted build)")
+    build = sub.add_parser("build", help="build a dataset from its spec: simulator rollouts (an interrupted "
+                           "build resumes) or, for an imagined spec, its published grounded model's")
     build.add_argument("id")
     build.add_argument("--episodes", type=int, help="episodes instead of the spec's count")
     build.add_argument("--workers", type=int, default=1, help="worker processes")
@@ -48,7 +52,14 @@ def _list(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
 
 
 def _build(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
-    path = build_dataset(get_spec(args.id), episodes=args.episodes, workers=args.workers)
+    spec = get_spec(args.id)
+    if spec.source == "imagined":  # greedy rollouts of the spec's published grounded model
+        from kalm_gen.imagine_dataset import write_imagined_dataset
+
+        path = write_imagined_dataset(spec.model, spec.level, episodes=args.episodes, dataset_id=spec.id,
+                                      batch_size=IMAGINED_BUILD_BATCH, workers=args.workers, progress=True)
+    else:
+        path = build_dataset(spec, episodes=args.episodes, workers=args.workers)
     report = verify_dataset(args.id)
     summary = {"id": args.id, "path": str(path), "episodes": report.episodes, "steps": report.steps,
                "success_rate": read_metadata(args.id)["kalm"]["success_rate"], "verified": report.ok}

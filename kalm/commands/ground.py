@@ -49,8 +49,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-episodes", type=int, help="at most this many episodes per dataset")
     parser.add_argument("--task-weights", type=_task_weights, default=None, metavar="rollout=1,explain=1,dynamics=1",
                         help="relative frequency of each task in a batch (default equal)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; on 2 shared "
-                        "cores 1 thread can be several times faster)")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="bf16: bfloat16 autocast (auto: bf16 on a GPU that supports it, else fp32)")
+    parser.add_argument("--pack-length", type=int, default=512, metavar="N",
+                        help="pack examples into rows of N positions (0: one padded example a row)")
+    parser.add_argument("--num-layers", type=int, help="keep only the LM's first N decoder layers")
+    parser.add_argument("--state-head", choices=("bounded", "delta"), default="bounded",
+                        help="bounded: predicted balls stay in the box of initial states")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; on an idle "
+                        "2-core machine 2 threads train 1.4x faster than 1, on a busy one 1 can be faster)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_json_flag(parser)
 
@@ -65,7 +72,8 @@ def config_from_args(args: argparse.Namespace):
         warmup_steps=args.warmup_steps, batch_size=args.batch_size, steps=args.steps,
         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, seed=args.seed,
         task_weights=dict(args.task_weights or DEFAULT_TASK_WEIGHTS), val_fraction=args.val_fraction,
-        max_episodes=args.max_episodes,
+        max_episodes=args.max_episodes, precision=args.precision,
+        pack_length=args.pack_length or None, num_layers=args.num_layers, state_head=args.state_head,
     )
 
 

@@ -12,12 +12,15 @@ from kalm_envs.minari_io import read_metadata
 from kalm_envs.verify import verify_dataset
 from kalm_gen.imagine import DEFAULT_BATCH_SIZE
 from kalm_gen.imagine_dataset import IMAGINED_LEVELS, write_imagined_dataset
+from kalm_gen.published import DEFAULT_MODEL
 
 HELP = "imagine rollouts for a level's goals with a grounded LM and write them as a Minari dataset"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", type=Path, required=True, help="folder written by GroundedLM.save")
+    parser.add_argument("--model", type=Path, default=Path(DEFAULT_MODEL),
+                        help=f"a published grounded model (default {DEFAULT_MODEL}) or a folder "
+                             "written by GroundedLM.save")
     parser.add_argument("--level", choices=IMAGINED_LEVELS, required=True)
     parser.add_argument("--episodes", type=int, help="rollouts (default: the published spec's 2000)")
     parser.add_argument("--seed", type=int, help="episode i imagines the task of env.reset(seed + i) "

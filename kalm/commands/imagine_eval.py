@@ -10,13 +10,16 @@ from kalm.commands import add_json_flag
 from kalm.commands.imagine import set_threads
 from kalm_gen.imagine import DEFAULT_BATCH_SIZE
 from kalm_gen.imagine_dataset import IMAGINED_LEVELS
+from kalm_gen.published import DEFAULT_MODEL, resolve_model
 from kalm_gen.quality import QUALITY_SEED, held_out_episodes, imagination_quality
 
 HELP = "imagination quality of a grounded LM: goal match, simulator consistency, explanation accuracy"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", type=Path, required=True, help="folder written by GroundedLM.save")
+    parser.add_argument("--model", type=Path, default=Path(DEFAULT_MODEL),
+                        help=f"a published grounded model (default {DEFAULT_MODEL}) or a folder "
+                             "written by GroundedLM.save")
     parser.add_argument("--levels", nargs="+", choices=IMAGINED_LEVELS, default=list(IMAGINED_LEVELS))
     parser.add_argument("--episodes", type=int, default=50, help="imagined rollouts per level")
     parser.add_argument("--seed", type=int, default=QUALITY_SEED, help="rollout i: task of env.reset(seed + i)")
@@ -24,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--real-dataset", help="dataset id whose last --real-episodes episodes "
                                                "(held out of training) measure explanation accuracy")
     parser.add_argument("--real-episodes", type=int, default=50)
+    parser.add_argument("--diagnose", action="store_true",
+                        help="also the figures behind the table: error by horizon, one-step errors (pushed "
+                             "ball, others, wall crossings, drift), action agreement and explanation parts")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; on a busy "
                                                     "machine 1 can be several times faster for small batches)")
     add_json_flag(parser)
@@ -35,34 +41,68 @@ def _fmt(value: float | None, percent: bool = False) -> str:
     return f"{value:.1%}" if percent else f"{value:.3f}"
 
 
+def quality_lines(report: dict[str, Any], real_source: str | None) -> list[str]:
+    """The quality table of an :func:`~kalm_gen.quality.imagination_quality` report as text
+    lines (with the diagnostics when it holds them); ``real_source`` names the real episodes."""
+    lines = [f"{'level':<10}{'episodes':>9}{'goal match':>12}{'replay match':>14}{'err mean m':>12}"
+             f"{'err max m':>11}{'off bench':>11}{'walls':>8}{'mean steps':>12}"]
+    for level, row in report["levels"].items():
+        lines.append(
+            f"{level:<10}{row['episodes']:>9}{_fmt(row['goal_match_rate'], True):>12}"
+            f"{_fmt(row['replay_match_rate'], True):>14}{_fmt(row['state_error_mean']):>12}"
+            f"{_fmt(row['state_error_max']):>11}{_fmt(row['out_of_workbench_rate'], True):>11}"
+            f"{_fmt(row['wall_crossing_rate'], True):>8}{row['mean_length']:>12.2f}"
+        )
+        if "one_step" in row:
+            one = row["one_step"]
+            horizon = row["error_by_horizon"]
+            marks = [t for t in (1, 5, 10, 25, 50) if t <= len(horizon)]
+            lines.append(f"  {level} error by step: " + ", ".join(f"t={t} {horizon[t - 1]:.3f}" for t in marks))
+            lines.append(
+                f"  {level} one step ({one['steps']} steps, {one['unplaceable_steps']} unplaceable): pushed ball "
+                f"{_fmt(one['pushed_error'])} m, others {_fmt(one['other_error'])} m, wall crossings "
+                f"{_fmt(one['wall_crossing_rate'], True)} (pushed ball {_fmt(one['wall_crossing_pushed_share'], True)}), "
+                f"drift {_fmt(one['drift_rate'], True)} ({_fmt(one['drift_per_step'])} m a ball)"
+            )
+    if "explanation" in report:
+        explanation = report["explanation"]
+        lines.append(f"explanation on {explanation['episodes']} held-out episodes of {real_source}: "
+                     f"accuracy {explanation['accuracy']:.1%}, parsed {explanation['parse_rate']:.1%}")
+        lines += [f"  {'ok ' if ex['correct'] else 'bad'} {ex['instruction']!r} -> {ex['generated']!r}"
+                  for ex in explanation["examples"]]
+        if "parts" in explanation:
+            parts = explanation["parts"]
+            lines.append(f"  parts of the {parts['parsed']} parsed: kind {_fmt(parts['kind_rate'], True)}, "
+                         f"direction {_fmt(parts['direction_rate'], True)}, first ball "
+                         f"{_fmt(parts['first_ball_rate'], True)}, second ball {_fmt(parts['second_ball_rate'], True)}; "
+                         f"wrong first balls (true->named) {parts['confused_balls']}")
+        if "one_step_floor" in report:
+            floor = report["one_step_floor"]
+            lines.append(f"one-step floor: the real steps of those episodes re-simulated from their ball centres: "
+                         f"pushed ball {_fmt(floor['pushed_error'])} m, others {_fmt(floor['other_error'])} m, drift "
+                         f"{_fmt(floor['drift_rate'], True)} ({_fmt(floor['drift_per_step'])} m a ball)")
+        if "action_agreement" in report:
+            agreement = report["action_agreement"]
+            lines.append(f"actions on the real episodes ({agreement['steps']} steps, teacher-forced): "
+                         f"oracle's push {agreement['oracle_agreement']:.1%}, "
+                         f"recorded push {agreement['recorded_agreement']:.1%}")
+    else:
+        lines.append("explanation: not measured (give --real-dataset)")
+    return lines
+
+
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
     from kalm_gen.grounded_lm import GroundedLM
 
     set_threads(args.threads)
     if args.episodes < 1:
         raise ValueError(f"--episodes {args.episodes} must be at least 1")
-    if not args.model.is_dir():
-        raise FileNotFoundError(f"no grounded LM folder at {args.model}")
+    resolve_model(args.model)  # a bad name fails before the real episodes are read
     real = held_out_episodes(args.real_dataset, args.real_episodes) if args.real_dataset else None
     model = GroundedLM.load(args.model)
-    report = imagination_quality(model, args.levels, args.episodes, args.seed, args.batch_size, real)
+    report = imagination_quality(model, args.levels, args.episodes, args.seed, args.batch_size, real,
+                                 diagnose=args.diagnose)
     report.update({"command": "imagine-eval", "model": str(args.model), "real_dataset": args.real_dataset})
-    lines = [f"{'level':<10}{'episodes':>9}{'goal match':>12}{'replay match':>14}{'err mean m':>12}"
-             f"{'err max m':>11}{'off bench':>11}{'mean steps':>12}"]
-    for level, row in report["levels"].items():
-        lines.append(
-            f"{level:<10}{row['episodes']:>9}{_fmt(row['goal_match_rate'], True):>12}"
-            f"{_fmt(row['replay_match_rate'], True):>14}{_fmt(row['state_error_mean']):>12}"
-            f"{_fmt(row['state_error_max']):>11}{_fmt(row['out_of_workbench_rate'], True):>11}"
-            f"{row['mean_length']:>12.2f}"
-        )
-    if "explanation" in report:
-        explanation = report["explanation"]
-        lines.append(f"explanation on {explanation['episodes']} held-out episodes of {args.real_dataset}: "
-                     f"accuracy {explanation['accuracy']:.1%}, parsed {explanation['parse_rate']:.1%}")
-        lines += [f"  {'ok ' if ex['correct'] else 'bad'} {ex['instruction']!r} -> {ex['generated']!r}"
-                  for ex in explanation["examples"]]
-    else:
-        lines.append("explanation: not measured (give --real-dataset)")
+    lines = quality_lines(report, args.real_dataset)
     return report, "\n".join(lines), 0
 

@@ -7,8 +7,11 @@ of ``batch_size`` transitions).
 
 - ``smoke``: a tiny random LM and tiny data; the whole pipeline in well under 3 minutes on a
   CPU (the test suite runs it).
-- ``default``: the embedded SmolLM2-135M with LoRA on a CPU, sized to finish in about
-  20 minutes on 2 cores (grounding is most of it: ~2.6 s per step of 8 sequences on 1 thread).
+- ``default``: the published grounded SmolLM2-135M (``ground.published``, see
+  :mod:`kalm_gen.published`) imagines the novel levels; no grounding. Sized to finish within 20
+  minutes on 2 cores.
+- ``scratch``: the default's sizes, but SmolLM2-135M with LoRA is grounded from scratch on the
+  run's real data (``ground.steps`` steps).
 - ``paper``: the KALM paper's data sizes (10,000 real episodes; 2,000 imagined and oracle
   episodes per level, the published specs' counts), three seeds; meant for a GPU.
 """
@@ -20,11 +23,12 @@ import json
 from typing import Any
 
 from kalm.assignments import parse_assignment
+from kalm_gen.published import DEFAULT_MODEL
 
 SMOKE: dict[str, dict[str, Any]] = {
     "data": {"real_episodes": 40, "oracle_episodes": 10, "ref_episodes": 2, "workers": 1},
     "ground": {
-        "base_model": "tiny", "finetune": "full", "lora_rank": 16, "head_hidden": 32, "steps": 30,
+        "published": "", "base_model": "tiny", "finetune": "full", "lora_rank": 16, "head_hidden": 32, "num_layers": 0, "steps": 30,
         "batch_size": 6, "lr": 3e-3, "warmup_steps": 5, "eval_every": 10, "checkpoint_every": 10,
         "val_fraction": 0.1, "held_out": 4, "seed": 0,
     },
@@ -37,10 +41,10 @@ SMOKE: dict[str, dict[str, Any]] = {
     "evaluate": {"episodes": 10, "seed": 0, "workers": 1},
 }
 
-DEFAULT: dict[str, dict[str, Any]] = {
+SCRATCH: dict[str, dict[str, Any]] = {
     "data": {"real_episodes": 1000, "oracle_episodes": 200, "ref_episodes": 20, "workers": 2},
     "ground": {
-        "base_model": "smollm2", "finetune": "lora", "lora_rank": 16, "head_hidden": 256, "steps": 150,
+        "published": "", "base_model": "smollm2", "finetune": "lora", "lora_rank": 16, "head_hidden": 256, "num_layers": 12, "steps": 150,
         "batch_size": 8, "lr": 5e-4, "warmup_steps": 10, "eval_every": 75, "checkpoint_every": 25,
         "val_fraction": 0.03, "held_out": 20, "seed": 0,
     },
@@ -53,10 +57,13 @@ DEFAULT: dict[str, dict[str, Any]] = {
     "evaluate": {"episodes": 100, "seed": 0, "workers": 2},
 }
 
+DEFAULT: dict[str, dict[str, Any]] = copy.deepcopy(SCRATCH)
+DEFAULT["ground"]["published"] = DEFAULT_MODEL
+
 PAPER: dict[str, dict[str, Any]] = {
     "data": {"real_episodes": 10_000, "oracle_episodes": 2000, "ref_episodes": 100, "workers": 2},
     "ground": {
-        "base_model": "smollm2", "finetune": "lora", "lora_rank": 16, "head_hidden": 256, "steps": 10_000,
+        "published": "", "base_model": "smollm2", "finetune": "lora", "lora_rank": 16, "head_hidden": 256, "num_layers": 0, "steps": 10_000,
         "batch_size": 16, "lr": 2e-4, "warmup_steps": 200, "eval_every": 500, "checkpoint_every": 500,
         "val_fraction": 0.02, "held_out": 100, "seed": 0,
     },
@@ -69,7 +76,7 @@ PAPER: dict[str, dict[str, Any]] = {
     "evaluate": {"episodes": 200, "seed": 0, "workers": 2},
 }
 
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {"smoke": SMOKE, "default": DEFAULT, "paper": PAPER}
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {"smoke": SMOKE, "default": DEFAULT, "scratch": SCRATCH, "paper": PAPER}
 
 
 def get_preset(name: str) -> dict[str, dict[str, Any]]:

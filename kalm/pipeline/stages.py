@@ -52,19 +52,26 @@ def build_data(folder: Path, settings: dict[str, Any], upstream: Mapping[str, St
 
 def grounding_config(settings: dict[str, Any], dataset: str, output: Path, base_model: str, episodes: int):
     """The :class:`~kalm_gen.train.GroundingTrainConfig` of the ground stage: the last
-    ``held_out`` of the real dataset's ``episodes`` are left out (they measure explanation)."""
+    ``held_out`` of the real dataset's ``episodes`` are left out (they measure explanation);
+    ``num_layers`` 0 keeps every layer of the LM."""
     from kalm_gen.train import GroundingTrainConfig
 
     return GroundingTrainConfig(datasets=[dataset], output=str(output), base_model=base_model,
-                                max_episodes=episodes - settings["held_out"],
+                                max_episodes=episodes - settings["held_out"], num_layers=settings["num_layers"] or None,
                                 **{key: settings[key] for key in GROUNDING_KEYS})
 
 
 def ground(folder: Path, settings: dict[str, Any], upstream: Mapping[str, StageRecord]) -> dict[str, Any]:
     """Ground the base model (``tiny``: a tiny random LM written into the stage folder) on the
-    real dataset; resumes from the checkpoints in ``folder/grounding``."""
+    real dataset; resumes from the checkpoints in ``folder/grounding``. With ``published`` set
+    (a published model's name) nothing is trained: the stage hands that model on."""
     from kalm_gen.train import train_grounding
 
+    if settings["published"]:
+        from kalm_gen.published import published_held_out
+
+        return {"model": settings["published"], "published": True,
+                "held_out_seeds": published_held_out(settings["published"])}
     base_model = settings["base_model"]
     if base_model == "tiny":
         from kalm_gen.tiny import make_tiny_lm
@@ -85,7 +92,8 @@ def imagine(folder: Path, settings: dict[str, Any], upstream: Mapping[str, Stage
     from kalm_gen.quality import held_out_episodes, imagination_quality
 
     grounded = upstream["ground"]
-    model_dir = grounded.folder / grounded.result["model"]
+    published = grounded.result.get("published", False)
+    model_dir = grounded.result["model"] if published else grounded.folder / grounded.result["model"]
     model = GroundedLM.load(model_dir)
     ids, datasets = {}, {}
     for level in IMAGINED_LEVELS:
@@ -97,11 +105,24 @@ def imagine(folder: Path, settings: dict[str, Any], upstream: Mapping[str, Stage
         kalm = read_metadata(ids[level])["kalm"]
         datasets[level] = {"episodes": kalm["episodes"], "success_rate": kalm["success_rate"],
                            "invalid": kalm["counts"]["invalid"], "dropped": kalm["counts"]["dropped"]}
-    held_out = grounded.result["held_out"]
-    real = held_out_episodes(upstream["data"].result["real"], held_out) if held_out else None
+    if published:  # real episodes the published model did not train on, rebuilt from their seeds
+        real = _real_episodes(grounded.result["held_out_seeds"], settings["quality_episodes"])
+    else:
+        held_out = grounded.result["held_out"]
+        real = held_out_episodes(upstream["data"].result["real"], held_out) if held_out else None
     quality = imagination_quality(model, IMAGINED_LEVELS, settings["quality_episodes"],
                                   batch_size=settings["batch_size"], real_episodes=real)
     return {"imagined": ids, "datasets": datasets, "quality": quality}
+
+
+def _real_episodes(seeds: list[int], count: int) -> list:
+    """The first ``count`` real-v0 episodes of the seed range ``[start, stop)``, simulated again
+    (an episode of a dataset is a function of its seed)."""
+    from kalm_envs.oracle import oracle_episodes
+
+    spec = get_spec(REAL_SPEC)
+    start, stop = seeds
+    return oracle_episodes(spec.level, list(range(start, min(stop, start + count))), spec.epsilon)
 
 
 def train_config(settings: dict[str, Any], algorithm: str, seed: int, real: str, extra: list[str], output: Path):
@@ -169,6 +190,10 @@ def check_settings(settings: Mapping[str, dict[str, Any]]) -> None:
                         ("evaluate.workers", settings["evaluate"]["workers"])):
         if value < 1:
             raise ValueError(f"{name} {value} must be at least 1")
+    if settings["ground"]["published"]:
+        from kalm_gen.published import resolve_model
+
+        resolve_model(settings["ground"]["published"])
     held_out = settings["ground"]["held_out"]
     if not 0 <= held_out < settings["data"]["real_episodes"]:
         raise ValueError(f"ground.held_out {held_out} must lie in [0, data.real_episodes)")
