@@ -148,10 +148,8 @@ def _model_and_summary(run_dir: Path, checkpoint: int | None) -> tuple[Path, dic
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
     from kalm.commands.imagine import set_threads
     from kalm.commands.imagine_eval import quality_lines
-    from kalm.pipeline.stages import REAL_SPEC
-    from kalm_envs.dataset_specs import get_spec
+    from kalm.pipeline.stages import held_out_real_episodes
     from kalm_envs.minari_io import read_metadata
-    from kalm_envs.oracle import oracle_episodes
     from kalm_gen.grounded_lm import GroundedLM
     from kalm_gen.published import publish_model
     from kalm_gen.quality import imagination_quality
@@ -164,9 +162,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
     seeds = held_out_seeds(config)
     checksum = read_metadata(config["datasets"][0])["kalm"]["checksum"]
     model = GroundedLM.load(model_dir)
-    real_spec = get_spec(REAL_SPEC)
-    real = oracle_episodes(real_spec.level, list(range(seeds[0], min(seeds[1], seeds[0] + args.real_episodes))),
-                           real_spec.epsilon)
+    real = held_out_real_episodes(seeds, args.real_episodes)
     quality = imagination_quality(model, episodes=args.episodes, real_episodes=real, diagnose=True)
     source = f"real-v0 episodes of seeds {seeds[0]}..{seeds[0] + len(real) - 1}"
     text = quality_lines(quality, source)

@@ -106,7 +106,7 @@ def imagine(folder: Path, settings: dict[str, Any], upstream: Mapping[str, Stage
         datasets[level] = {"episodes": kalm["episodes"], "success_rate": kalm["success_rate"],
                            "invalid": kalm["counts"]["invalid"], "dropped": kalm["counts"]["dropped"]}
     if published:  # real episodes the published model did not train on, rebuilt from their seeds
-        real = _real_episodes(grounded.result["held_out_seeds"], settings["quality_episodes"])
+        real = held_out_real_episodes(grounded.result["held_out_seeds"], settings["quality_episodes"])
     else:
         held_out = grounded.result["held_out"]
         real = held_out_episodes(upstream["data"].result["real"], held_out) if held_out else None
@@ -115,7 +115,7 @@ def imagine(folder: Path, settings: dict[str, Any], upstream: Mapping[str, Stage
     return {"imagined": ids, "datasets": datasets, "quality": quality}
 
 
-def _real_episodes(seeds: list[int], count: int) -> list:
+def held_out_real_episodes(seeds: list[int], count: int) -> list:
     """The first ``count`` real-v0 episodes of the seed range ``[start, stop)``, simulated again
     (an episode of a dataset is a function of its seed)."""
     from kalm_envs.oracle import oracle_episodes
