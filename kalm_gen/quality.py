@@ -102,7 +102,10 @@ def rollout_quality(
 ) -> dict[str, Any]:
     """The rollout metrics of the module docstring on ``episodes`` tasks of ``level``; rollouts
     stop at ``max_steps`` (default: the level's steps, 1 push on easy, 50 on the others). With
-    ``diagnose``, ``error_by_horizon`` and ``one_step`` (:mod:`kalm_gen.diagnostics`) too."""
+    ``diagnose``, ``error_by_horizon`` and ``one_step`` (:mod:`kalm_gen.diagnostics`) too, and
+    ``goal_matched_replay``: how many rollouts reach the goal in their own states and the share of
+    those the simulator confirms (the precision of the model's claim, which is what a filter on
+    imagined success trusts)."""
     tasks = level_tasks(level, episodes, seed)
     rollouts: list[ImaginedEpisode] = imagine_tasks(model, tasks, max_steps=max_steps, batch_size=batch_size)
     replay = replay_rollouts(level, tasks, rollouts)
@@ -121,6 +124,9 @@ def rollout_quality(
     if diagnose:
         row["error_by_horizon"] = error_by_horizon(replay["replayed"], rollouts)
         row["one_step"] = one_step_errors(level, rollouts)
+        claimed = [hit for hit, e in zip(replay["replay_success"], rollouts) if e.success]
+        row["goal_matched_replay"] = {"rollouts": len(claimed),
+                                      "replay_match_rate": float(np.mean(claimed)) if claimed else None}
     return row
 
 

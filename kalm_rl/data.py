@@ -15,10 +15,30 @@ import numpy as np
 import torch
 
 from kalm_envs.loader import Transitions
+from kalm_envs.predicates import is_success
 from kalm_envs.text_encoders import TextEncoder
 
 STATE_SCALE = 2.0
 """Ball coordinates (m) are multiplied by this before the networks see them: x in [-1, 1], y in [-0.6, 1.2]."""
+IMAGINED_EPISODES = ("all", "successful")
+"""Which imagined episodes a run samples: every one, or only those whose last state meets the goal."""
+
+
+def episode_reached_goal(transitions: Transitions) -> np.ndarray:
+    """``(N,)`` bool: the transition's episode ends in a state that meets the episode's goal.
+
+    Judged on the stored states with the env's success predicates (the episode's first and last
+    state and its goal), so for imagined data it is the generator's own claim: no simulator is run.
+    Rows must be grouped by episode in time order, as :func:`kalm_envs.loader.load_transitions` gives.
+    """
+    episodes = transitions.episode_ids
+    if len(episodes) == 0:
+        return np.zeros(0, dtype=bool)
+    starts = np.flatnonzero(np.r_[True, episodes[1:] != episodes[:-1]])
+    ends = np.r_[starts[1:], len(episodes)] - 1
+    reached = is_success(transitions.next_observations[ends], transitions.goals[ends],
+                         transitions.observations[starts])
+    return np.repeat(reached, ends - starts + 1)
 
 
 def policy_inputs(states: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
@@ -88,6 +108,9 @@ class OfflineData:
     ``real_fraction`` of every batch comes from the real datasets and the rest from the imagined
     ones (oracle datasets take the imagined slot for the upper-bound run). Within a group rows are
     drawn uniformly with replacement. With no imagined data every row is real.
+
+    ``imagined_episodes`` ``"successful"`` keeps only the imagined episodes whose last state meets
+    their goal (:func:`episode_reached_goal`); ``"all"`` keeps every one.
     """
 
     def __init__(
@@ -97,13 +120,22 @@ class OfflineData:
         encoder: TextEncoder,
         real_fraction: float = 0.5,
         reward_scale: float = 0.01,
+        imagined_episodes: str = "all",
     ) -> None:
+        if imagined_episodes not in IMAGINED_EPISODES:
+            raise ValueError(f"imagined episodes {imagined_episodes!r} is not one of {IMAGINED_EPISODES}")
         sources = torch.as_tensor(transitions.sources.astype(np.int64))
         imagined = torch.isin(sources, torch.as_tensor(list(imagined_sources), dtype=torch.int64))
         self.real_rows = torch.nonzero(~imagined).flatten()
-        self.imagined_rows = torch.nonzero(imagined).flatten()
         if len(self.real_rows) == 0:
             raise ValueError("no real transitions: give at least one real dataset")
+        if imagined_episodes == "successful" and imagined.any():
+            kept = imagined & torch.as_tensor(episode_reached_goal(transitions))
+            if not kept.any():
+                raise ValueError("no imagined episode reaches its goal: nothing is left to sample "
+                                 "with imagined episodes 'successful'")
+            imagined = kept
+        self.imagined_rows = torch.nonzero(imagined).flatten()
         if len(self.imagined_rows) and not 0.0 < real_fraction < 1.0:
             raise ValueError(f"real fraction {real_fraction} must lie strictly between 0 and 1 "
                              "when imagined data is given")

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from kalm_envs.atomic import atomic_path, atomic_write_text
 from kalm_envs.loader import load_transitions
 from kalm_envs.text_encoders import DEFAULT_ENCODER, ENCODER_NAMES, make_encoder
-from kalm_rl.data import Batch, OfflineData
+from kalm_rl.data import IMAGINED_EPISODES, Batch, OfflineData
 from kalm_rl.devices import resolve_device
 from kalm_rl.learners import Learner, learner_class, make_learner
 from kalm_rl.policy import POLICY_FILE, save_policy
@@ -59,6 +59,8 @@ class TrainConfig:
         datasets: real dataset ids or folders; ``imagined``: imagined (or oracle) ones.
         real_fraction: share of each batch drawn from ``datasets`` when ``imagined`` is given
             (0.5 is the KALM paper's 1:1).
+        imagined_episodes: ``all`` samples every imagined episode; ``successful`` only those whose
+            last generated state meets their goal (:func:`kalm_rl.data.episode_reached_goal`).
         encoder: instruction encoder name (``ordered``, ``hashed`` or ``minilm``), saved with the
             policy.
         updates: gradient steps; ``batch_size``: transitions per step.
@@ -77,6 +79,7 @@ class TrainConfig:
     output: str
     imagined: list[str] = field(default_factory=list)
     real_fraction: float = 0.5
+    imagined_episodes: str = "all"
     encoder: str = DEFAULT_ENCODER
     params: dict[str, Any] = field(default_factory=dict)
     updates: int = 20_000
@@ -97,6 +100,8 @@ class TrainConfig:
             raise ValueError("give at least one real dataset")
         if self.imagined and not 0.0 < self.real_fraction < 1.0:
             raise ValueError(f"real fraction {self.real_fraction} must lie strictly between 0 and 1")
+        if self.imagined_episodes not in IMAGINED_EPISODES:
+            raise ValueError(f"imagined episodes {self.imagined_episodes!r} is not one of {IMAGINED_EPISODES}")
         if self.encoder not in ENCODER_NAMES:
             raise ValueError(f"unknown encoder {self.encoder!r}; choose from {sorted(ENCODER_NAMES)}")
         for name in ("updates", "batch_size", "checkpoint_every", "log_every"):
@@ -201,7 +206,8 @@ def load_data(config: TrainConfig) -> tuple[OfflineData, Any]:
     transitions = load_transitions(names)
     encoder = make_encoder(config.encoder)
     imagined_sources = range(len(config.datasets), len(names))
-    data = OfflineData(transitions, imagined_sources, encoder, config.real_fraction, config.reward_scale)
+    data = OfflineData(transitions, imagined_sources, encoder, config.real_fraction, config.reward_scale,
+                       config.imagined_episodes)
     return data, encoder
 
 

@@ -334,8 +334,13 @@ def test_rollout_quality_metrics(model):
     for key in ("goal_match_rate", "replay_match_rate", "out_of_workbench_rate"):
         assert 0.0 <= report[key] <= 1.0
     assert report["state_error_mean"] is None or 0 <= report["state_error_mean"] <= report["state_error_max"]
-    still = rollout_quality(rigged(model, [0.0] * 10), "easy", episodes=2)
+    still = rollout_quality(rigged(model, [0.0] * 10), "easy", episodes=2, diagnose=True)
     assert still["goal_match_rate"] == 0.0 and still["out_of_workbench_rate"] == 0.0 and still["mean_length"] == 1
+    assert still["goal_matched_replay"] == {"rollouts": 0, "replay_match_rate": None}
+    diagnosed = rollout_quality(model, "easy", episodes=4, diagnose=True)
+    claimed = diagnosed["goal_matched_replay"]
+    assert claimed["rollouts"] == round(4 * diagnosed["goal_match_rate"])
+    assert (claimed["replay_match_rate"] is None) == (claimed["rollouts"] == 0)
 
 
 def test_diagnostics_of_simulated_and_drifting_rollouts(model):

@@ -14,7 +14,7 @@ import torch
 from kalm.cli import main as kalm_main
 from kalm.commands.train import parse_ratio
 from kalm_envs.loader import load_transitions
-from kalm_envs.minari_io import write_dataset
+from kalm_envs.minari_io import read_episodes, write_dataset
 from kalm_envs.oracle import oracle_episodes
 from kalm_envs.registration import ENV_IDS
 from kalm_envs.text_encoders import HashedNgramEncoder
@@ -103,6 +103,32 @@ def test_validation_split_holds_out_whole_episodes_of_each_group(root):
     assert (batch.sources == 1).sum() == 32  # the held-out batch keeps the 1:1 mix
     with pytest.raises(ValueError, match="fraction 1.0"):
         data.split_episodes(1.0, seed=0)
+
+
+def test_successful_imagined_episodes_are_those_the_env_marked_successful(root, tmp_path):
+    with temporary_minari_root(root):
+        transitions = load_transitions([REAL, IMAGINED, NOISY])
+        real, noisy = read_episodes(REAL)[:20], read_episodes(NOISY)
+        stand_ins = read_episodes(IMAGINED) + noisy
+    everything = OfflineData(transitions, [1, 2], HashedNgramEncoder())
+    successful = OfflineData(transitions, [1, 2], HashedNgramEncoder(), imagined_episodes="successful")
+    # the env's own success flags, recorded while collecting, against the predicates on stored states
+    expected = sum(len(e.actions) for e in stand_ins if e.successes[-1])
+    assert 0 < expected < len(everything.imagined_rows)
+    assert len(successful.imagined_rows) == expected
+    assert torch.equal(successful.real_rows, everything.real_rows)  # real data is never filtered
+    kept = set(successful.episode_ids[successful.imagined_rows].tolist())
+    assert all(bool(successful.rewards[successful.episode_ids == e].sum() > 0) for e in kept)
+
+    with temporary_minari_root(tmp_path):
+        write_dataset("kalm/test/some-real-v0", real, ENV_IDS["train"], "oracle", {}, (0.0, 1.0), "oracle")
+        failures = [e for e in noisy if not e.successes[-1]]
+        write_dataset("kalm/test/failures-v0", failures, ENV_IDS["train"], "failures", {}, (0.0, 1.0), "random")
+        only_failures = load_transitions(["kalm/test/some-real-v0", "kalm/test/failures-v0"])
+    with pytest.raises(ValueError, match="no imagined episode reaches its goal"):
+        OfflineData(only_failures, [1], HashedNgramEncoder(), imagined_episodes="successful")
+    with pytest.raises(ValueError, match="'succesful'"):
+        OfflineData(transitions, [1, 2], HashedNgramEncoder(), imagined_episodes="succesful")
 
 
 def test_validation_keeps_the_best_weights_and_select_picks_them(root, tmp_path):
@@ -269,11 +295,13 @@ def test_bad_configuration_is_refused_with_its_name(root, tmp_path):
         _train(root, tmp_path / "h", "bc", updates=10, validation_fraction=0.1, select="best")
     with pytest.raises(ValueError, match="validation fraction 1.2"):
         _train(root, tmp_path / "i", "bc", updates=10, validation_fraction=1.2)
+    with pytest.raises(ValueError, match="imagined episodes 'some'"):
+        _train(root, tmp_path / "l", "bc", updates=10, imagined=[IMAGINED], imagined_episodes="some")
     with pytest.raises(ValueError, match="unknown device 'gpu'"):
         _train(root, tmp_path / "j", "bc", updates=10, device="gpu")
     with pytest.raises(ValueError, match="'cuda:64' is not available"):
         _train(root, tmp_path / "k", "bc", updates=10, device="cuda:64")
-    assert not any((tmp_path / name).exists() for name in "abcdefghijk")
+    assert not any((tmp_path / name).exists() for name in "abcdefghijkl")
     for ratio in ("0:1", "1:0", "-1:1", "a:b", "2"):
         with pytest.raises(Exception, match=ratio):
             parse_ratio(ratio)
@@ -284,10 +312,14 @@ def test_cli_trains_and_evaluates(root, tmp_path, capsys):
     out = tmp_path / "bc"
     with temporary_minari_root(root):
         code = kalm_main(["train", "--algorithm", "bc", "--datasets", REAL, "--imagined", IMAGINED,
-                          "--ratio", "3:1", "--updates", "200", "--output", str(out), "--no-progress", "--json"])
+                          "--ratio", "3:1", "--imagined-episodes", "successful", "--updates", "200", "--output", str(out),
+                          "--no-progress", "--json"])
         assert code == 0
         summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-        assert summary["config"]["real_fraction"] == 0.75 and summary["transitions"]["imagined"] > 0
+        imagined = read_episodes(IMAGINED)
+    assert summary["config"]["real_fraction"] == 0.75 and summary["config"]["imagined_episodes"] == "successful"
+    assert summary["transitions"]["imagined"] == sum(len(e.actions) for e in imagined if e.successes[-1])
+    with temporary_minari_root(root):
         code = kalm_main(["evaluate", "--policy", str(out), "--levels", "easy", "--episodes", "5",
                           "--output", str(tmp_path / "eval"), "--json"])
         assert code == 0

@@ -64,6 +64,9 @@ def quality_lines(report: dict[str, Any], real_source: str | None) -> list[str]:
                 f"{_fmt(one['wall_crossing_rate'], True)} (pushed ball {_fmt(one['wall_crossing_pushed_share'], True)}), "
                 f"drift {_fmt(one['drift_rate'], True)} ({_fmt(one['drift_per_step'])} m a ball)"
             )
+            claimed = row["goal_matched_replay"]
+            lines.append(f"  {level} goal matched in {claimed['rollouts']} rollouts; the simulator confirms "
+                         f"{_fmt(claimed['replay_match_rate'], True)} of them")
     if "explanation" in report:
         explanation = report["explanation"]
         lines.append(f"explanation on {explanation['episodes']} held-out episodes of {real_source}: "

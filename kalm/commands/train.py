@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="imagined datasets (or oracle ones, for the upper bound)")
     parser.add_argument("--ratio", type=parse_ratio, default=0.5, metavar="R:I",
                         help="real:imagined rows per batch when --imagined is given (default 1:1)")
+    parser.add_argument("--imagined-episodes", default="all", metavar="WHICH",
+                        help="all (default): every imagined episode; successful: only those whose last "
+                             "generated state meets their goal (the generator's claim; no simulator is run)")
     parser.add_argument("--encoder", default=DEFAULT_ENCODER, choices=ENCODER_NAMES,
                         help=f"instruction encoder (default {DEFAULT_ENCODER}: hashed n-grams and ordered word pairs)")
     parser.add_argument("--param", type=parse_param, action="append", default=[], metavar="NAME=VALUE",
@@ -77,7 +80,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
     torch.set_num_threads(args.threads)
     config = TrainConfig(
         algorithm=args.algorithm, datasets=list(args.datasets), imagined=list(args.imagined),
-        real_fraction=args.ratio, encoder=args.encoder, params=dict(args.param), updates=args.updates,
+        real_fraction=args.ratio, imagined_episodes=args.imagined_episodes, encoder=args.encoder, params=dict(args.param), updates=args.updates,
         batch_size=args.batch_size, reward_scale=args.reward_scale, seed=args.seed,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, output=args.output,
         temperature=args.temperature, validation_fraction=args.validation_fraction, select=args.select,

@@ -35,7 +35,7 @@ SMOKE: dict[str, dict[str, Any]] = {
     "imagine": {"episodes": 8, "batch_size": 16, "ref_episodes": 2, "quality_episodes": 4, "workers": 1},
     "train": {
         "algorithms": ["bc"], "seeds": [0], "updates": 300, "batch_size": 128, "real_fraction": 0.5,
-        "encoder": "ordered", "params": {"hidden": [64, 64]}, "checkpoint_every": 100,
+        "imagined_episodes": "all", "encoder": "ordered", "params": {"hidden": [64, 64]}, "checkpoint_every": 100,
         "validation_fraction": 0.0, "select": "last", "device": "cpu",
     },
     "evaluate": {"episodes": 10, "seed": 0, "workers": 1},
@@ -51,7 +51,7 @@ SCRATCH: dict[str, dict[str, Any]] = {
     "imagine": {"episodes": 50, "batch_size": 25, "ref_episodes": 20, "quality_episodes": 20, "workers": 2},
     "train": {
         "algorithms": ["bc", "cql"], "seeds": [0, 1], "updates": 3000, "batch_size": 256, "real_fraction": 0.5,
-        "encoder": "ordered", "params": {}, "checkpoint_every": 500,
+        "imagined_episodes": "all", "encoder": "ordered", "params": {}, "checkpoint_every": 500,
         "validation_fraction": 0.0, "select": "last", "device": "cpu",
     },
     "evaluate": {"episodes": 100, "seed": 0, "workers": 2},
@@ -70,7 +70,7 @@ PAPER: dict[str, dict[str, Any]] = {
     "imagine": {"episodes": 2000, "batch_size": 64, "ref_episodes": 100, "quality_episodes": 100, "workers": 2},
     "train": {
         "algorithms": ["bc", "cql", "iql", "bcq"], "seeds": [0, 1, 2], "updates": 50_000, "batch_size": 256,
-        "real_fraction": 0.5, "encoder": "ordered", "params": {}, "checkpoint_every": 1000,
+        "real_fraction": 0.5, "imagined_episodes": "all", "encoder": "ordered", "params": {}, "checkpoint_every": 1000,
         "validation_fraction": 0.0, "select": "last", "device": "cpu",
     },
     "evaluate": {"episodes": 200, "seed": 0, "workers": 2},

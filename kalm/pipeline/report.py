@@ -122,7 +122,8 @@ def write_run_report(
         f"Mean success over {len(settings['train']['seeds'])} seed(s) ± standard error, "
         f"{evaluation['episodes']} evaluation episodes per level and policy, the same episodes for "
         "every method. `random`: a uniform push every step (the floor). Learners are "
-        "`algorithm/data`: real data only, real + imagined rollouts (rephrase, easy, hard; 1:1), "
+        "`algorithm/data`: real data only, real + imagined rollouts (rephrase, easy, hard; "
+        f"{_imagined_use(settings['train'])}), "
         "real + oracle rollouts of those levels (the upper bound of imagined data). `scripted "
         "oracle`: the simulator-planning oracle, which reads the structured goal (the ceiling).",
         "",
@@ -163,3 +164,12 @@ def write_run_report(
     atomic_write_text(files["data"], json.dumps(report, indent=2, sort_keys=True) + "\n")
     atomic_write_text(files["report"], text)
     return report
+
+
+def _imagined_use(train: dict[str, Any]) -> str:
+    """How the train stage mixed imagined rows in, e.g. ``1:1, every episode``."""
+    real = train["real_fraction"]
+    ratio = f"{real / (1 - real):g}:1"
+    which = ("only episodes whose imagined last state meets the goal"
+             if train["imagined_episodes"] == "successful" else "every episode")
+    return f"{ratio}, {which}"

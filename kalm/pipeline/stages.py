@@ -27,7 +27,7 @@ SOURCES = ("real", "real+imagined", "real+oracle")
 """Training data of each method: real only, plus the imagined datasets, plus the oracle ones."""
 GROUNDING_KEYS = ("finetune", "lora_rank", "head_hidden", "steps", "batch_size", "lr", "warmup_steps",
                   "eval_every", "checkpoint_every", "val_fraction", "seed")
-TRAIN_KEYS = ("real_fraction", "encoder", "updates", "batch_size", "checkpoint_every", "validation_fraction",
+TRAIN_KEYS = ("real_fraction", "imagined_episodes", "encoder", "updates", "batch_size", "checkpoint_every", "validation_fraction",
               "select", "device")
 
 
