@@ -38,6 +38,13 @@ COMMANDS = {
 }
 
 
+#: What a command raises for bad user input: a bad value or setting (ValueError, which includes
+#: the package's DatasetError; TypeError, which includes InvalidTypeError), or a file that is
+#: missing, already there or unreadable (OSError). Any other exception is a bug and keeps its
+#: traceback.
+USER_ERRORS = (ValueError, TypeError, OSError)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kalm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -48,11 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit status. A :data:`USER_ERRORS` error becomes status 2 and one line
+    on stderr, ``kalm COMMAND: error: MESSAGE`` (no traceback); argparse exits with 2 itself."""
     args = build_parser().parse_args(argv)
     try:
         report, text, code = COMMANDS[args.command].run(args)
-    except (ValueError, FileExistsError, FileNotFoundError) as error:
-        print(f"kalm {args.command}: error: {error}", file=sys.stderr)
+    except USER_ERRORS as error:
+        message = " ".join(str(error).split())  # one line
+        print(f"kalm {args.command}: error: {message}", file=sys.stderr)
         return 2
     print(text)
     if getattr(args, "json", False):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import gymnasium as gym
@@ -33,11 +34,16 @@ from kalm_envs.predicates import (
     is_success,
     outcome_between,
 )
+from kalm_envs.validation import InvalidTypeError, check_choice, check_int
 
 #: Walls bound ball centres to x in [-0.47, 0.47], y in [-0.17, 0.57]; the box adds the reset slack.
 OBSERVATION_LOW = np.tile(np.array([-0.6, -0.3], dtype=np.float32), N_BALLS)
 OBSERVATION_HIGH = np.tile(np.array([0.6, 0.7], dtype=np.float32), N_BALLS)
 RESET_OPTIONS = ("goal", "instruction", "initial_state")
+RENDER_MODES = ("rgb_array",)
+MAX_RENDER_SIZE = 4096
+"""Largest rendered width or height in pixels (MuJoCo's off-screen buffer fails far above it)."""
+_METADATA = {"render_modes": list(RENDER_MODES), "render_fps": 2.5}
 _MAX_GOAL_DRAWS = 1000
 
 
@@ -55,10 +61,19 @@ class ClevrRobotEnv(gym.Env):
         level: goal level, one of ``train``, ``rephrase``, ``easy``, ``hard``.
         reward_mode: ``dense`` (KALM's shaping) or ``sparse`` (1 on success).
         render_mode: ``None`` or ``"rgb_array"``.
-        width, height: rendered frame size in pixels.
+        width, height: rendered frame size in pixels, integers in [1, 4096].
+
+    Every argument is checked here, and a bad one is a ``ValueError`` naming it
+    (:class:`~kalm_envs.validation.InvalidTypeError`, also a ``TypeError``, for a wrong type).
     """
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 2.5}
+    @property
+    def metadata(self) -> dict[str, Any]:  # type: ignore[override]
+        """Render modes and frame rate. An instance property, not a class attribute, so that
+        ``gym.make(..., render_mode="human")`` hands ``"human"`` to ``__init__``, which refuses it
+        with a message, instead of wrapping the env in Gymnasium's ``HumanRendering`` (which
+        needs pygame and a display, and fails deep inside Gymnasium without them)."""
+        return _METADATA
 
     def __init__(
         self,
@@ -68,19 +83,11 @@ class ClevrRobotEnv(gym.Env):
         width: int = 64,
         height: int = 64,
     ) -> None:
-        if level not in LEVELS:
-            raise ValueError(f"level {level!r} is not one of {LEVELS}")
-        if reward_mode not in REWARD_MODES:
-            raise ValueError(f"reward_mode {reward_mode!r} is not one of {REWARD_MODES}")
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode {render_mode!r} is not one of [None, 'rgb_array']")
-        for name, size in (("width", width), ("height", height)):
-            if not isinstance(size, int | np.integer) or size <= 0:
-                raise ValueError(f"{name} {size!r} must be a positive integer")
-        self.level = level
-        self.reward_mode = reward_mode
-        self.render_mode = render_mode
-        self.width, self.height = int(width), int(height)
+        self.level = check_choice(level, "level", LEVELS)
+        self.reward_mode = check_choice(reward_mode, "reward_mode", REWARD_MODES)
+        self.render_mode = check_choice(render_mode, "render_mode", (None, *RENDER_MODES))
+        self.width = check_int(width, "width", 1, MAX_RENDER_SIZE)
+        self.height = check_int(height, "height", 1, MAX_RENDER_SIZE)
         self.observation_space = spaces.Dict(
             {
                 "observation": spaces.Box(OBSERVATION_LOW, OBSERVATION_HIGH, dtype=np.float32),
@@ -117,39 +124,47 @@ class ClevrRobotEnv(gym.Env):
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Start an episode.
 
-        Options (all optional): ``goal`` (a :class:`Goal`, our (10,) array or KALM's (6,) array),
-        ``instruction`` (str; default: rendered from the goal with this env's ``np_random``),
-        ``initial_state`` ((10,) ball centres, finite, inside x [-0.5, 0.5], y [-0.3, 0.6]).
+        ``seed``: None or a non-negative integer (Python or numpy). ``options``: None or a dict, all
+        keys optional: ``goal`` (a :class:`Goal`, our (10,) array or KALM's (6,) array, of
+        numbers), ``instruction`` (a non-empty str; default: rendered from the goal with this env's
+        ``np_random``), ``initial_state`` ((10,) numbers: ball centres, finite, inside
+        x [-0.5, 0.5], y [-0.3, 0.6]); a key given as None is left out.
         Without a goal, one of this level's goals is drawn that is not already met in the initial
         state and, for move goals, leaves the ball room to travel (:func:`move_has_room`).
+        A bad seed or option is a ``ValueError`` naming it (``InvalidTypeError``, also a
+        ``TypeError``, for a wrong type), raised before the env changes.
         """
-        super().reset(seed=seed)
-        options = dict(options or {})
-        unknown = sorted(set(options) - set(RESET_OPTIONS))
-        if unknown:
-            raise ValueError(f"unknown reset options {unknown}; allowed: {list(RESET_OPTIONS)}")
-        if options.get("initial_state") is not None:
-            state = check_initial_state(options["initial_state"])
-        else:
+        given = self._checked_options(options)
+        super().reset(seed=None if seed is None else check_int(seed, "seed", low=0))
+        state = given.get("initial_state")
+        if state is None:
             state = sample_ball_positions(self.np_random)
         self.physics.set_ball_positions(state)
         self._initial_state = state[None].copy()
         self._state = state[None].copy()
-        if options.get("goal") is not None:
-            self._goal = coerce_goal(options["goal"])
-        else:
-            self._goal = self._draw_unmet_goal()
+        self._goal = given["goal"] if "goal" in given else self._draw_unmet_goal()
         self._goal_array = self._goal.to_array()[None]
         self._goals = GoalBatch(self._goal_array)
         self._progress = goal_progress(self._state, self._goals, self._initial_state)
-        if options.get("instruction") is not None:
-            instruction = options["instruction"]
-            if not isinstance(instruction, str):
-                raise ValueError(f"instruction {instruction!r} must be a str")
-            self._instruction = validate_instruction(instruction)
+        if "instruction" in given:
+            self._instruction = given["instruction"]
         else:
             self._instruction = render_instruction(self._goal, self.level, self.np_random)
         return self._observation(), self._info(bool(self._progress.success[0]))
+
+    @staticmethod
+    def _checked_options(options: Any) -> dict[str, Any]:
+        """The given (not None) reset options, checked and converted: ``initial_state`` a (10,)
+        float64 array, ``goal`` a :class:`Goal`, ``instruction`` a str."""
+        if options is None:
+            return {}
+        if not isinstance(options, Mapping):
+            raise InvalidTypeError(f"reset options {options!r} ({type(options).__name__}) must be a dict or None")
+        unknown = [key for key in options if key not in RESET_OPTIONS]
+        if unknown:
+            raise ValueError(f"unknown reset options {unknown}; allowed: {list(RESET_OPTIONS)}")
+        checks = {"initial_state": check_initial_state, "goal": coerce_goal, "instruction": validate_instruction}
+        return {key: checks[key](value) for key, value in options.items() if value is not None}
 
     def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
         """Push once (0.4 s of simulation) and judge the goal on the new ball centres.
@@ -215,8 +230,15 @@ def check_action(action: Any) -> int:
 
 
 def check_initial_state(initial_state: Any) -> np.ndarray:
-    """Validate a (10,) initial state: finite, every ball inside x [-0.5, 0.5], y [-0.3, 0.6]."""
-    state = np.asarray(initial_state, dtype=np.float64)
+    """Validate a (10,) initial state of numbers: finite, every ball inside x [-0.5, 0.5],
+    y [-0.3, 0.6]. Strings, booleans and other non-numbers are an ``InvalidTypeError``."""
+    try:
+        state = np.asarray(initial_state)
+    except ValueError:  # ragged
+        state = np.asarray(None)
+    if state.dtype.kind not in "iuf":
+        raise InvalidTypeError(f"initial_state {initial_state!r} must hold numbers, not {state.dtype} values")
+    state = state.astype(np.float64)
     if state.shape != (STATE_DIM,):
         raise ValueError(f"initial_state must have shape ({STATE_DIM},), got {state.shape}")
     if not np.all(np.isfinite(state)):

@@ -22,10 +22,12 @@ import enum
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from kalm_envs.physics import BALL_X_LIMITS, BALL_Y_LIMITS, COLORS, N_BALLS
+from kalm_envs.validation import InvalidTypeError
 
 LEVELS: tuple[str, ...] = ("train", "rephrase", "easy", "hard")
 DIRECTION_NAMES: tuple[str, ...] = ("behind", "left", "front", "right")
@@ -36,6 +38,13 @@ MAX_CLAUSES = 3
 GOAL_ARRAY_LEN = 1 + 3 * MAX_CLAUSES
 GATHER_CENTER = COLORS.index("green")
 HARD_FAMILIES: tuple[str, ...] = ("pair", "triple", "line_up", "gather")
+#: The goal families (:attr:`Goal.family`) of each level.
+LEVEL_FAMILIES: dict[str, tuple[str, ...]] = {
+    "train": ("relation",),
+    "rephrase": ("relation",),
+    "easy": ("move",),
+    "hard": HARD_FAMILIES,
+}
 #: Room (m) a move goal's ball must have between its start and the wall: 0.15 asked + 0.05 slack.
 MOVE_ROOM = 0.2
 
@@ -60,7 +69,9 @@ class Goal:
     clauses: tuple[Clause, ...] = ()
 
     def __post_init__(self) -> None:
-        _validate(self.kind, self.clauses)
+        clauses = _clauses(self.clauses)
+        _validate(self.kind, clauses)
+        object.__setattr__(self, "clauses", clauses)  # Python ints, whatever integer type came in
 
     @property
     def one_push(self) -> bool:
@@ -77,7 +88,7 @@ class Goal:
     @classmethod
     def relations(cls, clauses: Sequence[Clause]) -> Goal:
         """Several relations that must hold at once (hard level pairs and triples)."""
-        return cls(GoalKind.RELATIONS, tuple(tuple(int(v) for v in c) for c in clauses))
+        return cls(GoalKind.RELATIONS, clauses)
 
     @classmethod
     def move(cls, ball: int, direction: int) -> Goal:
@@ -112,7 +123,7 @@ class Goal:
     @classmethod
     def from_array(cls, array: np.ndarray | Sequence[int]) -> Goal:
         """Decode a ``(10,)`` goal array; ``ValueError`` names what is malformed."""
-        values = np.asarray(array)
+        values = _numeric(array, "goal array")
         if values.shape != (GOAL_ARRAY_LEN,):
             raise ValueError(f"goal array must have shape ({GOAL_ARRAY_LEN},), got {values.shape}")
         if not np.issubdtype(values.dtype, np.integer):
@@ -126,7 +137,10 @@ class Goal:
         used = [i for i in range(MAX_CLAUSES) if np.any(triples[i] != -1)]
         if used != list(range(len(used))):
             raise ValueError(f"goal array {values.tolist()} has an empty clause before a used one")
-        return cls(kind, tuple(tuple(int(v) for v in triples[i]) for i in used))
+        try:
+            return cls(kind, tuple(tuple(int(v) for v in triples[i]) for i in used))
+        except ValueError as error:
+            raise ValueError(f"goal array {values.tolist()}: {error}") from error
 
     @classmethod
     def from_kalm(cls, kalm_goal: np.ndarray | Sequence[float]) -> Goal:
@@ -134,7 +148,7 @@ class Goal:
 
         Flags: 1 = the ball to move (``a``), 2 = the reference ball (``b``), 0 = other balls.
         """
-        values = np.asarray(kalm_goal, dtype=np.float64)
+        values = _numeric(kalm_goal, "KALM goal").astype(np.float64)
         if values.shape != (N_BALLS + 1,):
             raise ValueError(f"a KALM goal has shape ({N_BALLS + 1},), got {values.shape}")
         flags, direction = values[:N_BALLS], values[N_BALLS]
@@ -157,6 +171,36 @@ class Goal:
         return out
 
 
+def _numeric(value: Any, what: str) -> np.ndarray:
+    """``value`` as an array of integers or floats; ``InvalidTypeError`` naming it otherwise (strings,
+    booleans, ``None`` or ragged nesting are never read as numbers)."""
+    try:
+        array = np.asarray(value)
+    except ValueError:  # ragged
+        array = np.asarray(None)
+    if array.dtype.kind not in "iuf":
+        raise InvalidTypeError(f"{what} {value!r} must hold numbers (integers), not {array.dtype} values")
+    return array
+
+
+def _clauses(clauses: Any) -> tuple[Clause, ...]:
+    """``clauses`` as a tuple of ``(a, b, direction)`` tuples of Python ints; ``InvalidTypeError``
+    naming a clause that is not three integers (Python or numpy; never bool or float)."""
+    if isinstance(clauses, str | bytes) or not isinstance(clauses, Sequence):
+        raise InvalidTypeError(f"goal clauses {clauses!r} must be a sequence of (a, b, direction) clauses")
+    out = []
+    for clause in clauses:
+        if isinstance(clause, str | bytes) or not isinstance(clause, Sequence | np.ndarray) or len(clause) != 3:
+            raise ValueError(f"goal clause {clause!r} must be (a, b, direction)")
+        for value in clause:
+            if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+                raise InvalidTypeError(
+                    f"goal clause {tuple(clause)!r} holds {value!r} ({type(value).__name__}), not an integer"
+                )
+        out.append(tuple(int(v) for v in clause))
+    return tuple(out)
+
+
 def _check_ball(value: int, what: str) -> None:
     if not 0 <= value < N_BALLS:
         raise ValueError(f"{what} {value} is not a ball index 0..{N_BALLS - 1}")
@@ -170,9 +214,6 @@ def _check_direction(value: int) -> None:
 def _validate(kind: GoalKind, clauses: tuple[Clause, ...]) -> None:
     if not isinstance(kind, GoalKind):
         raise ValueError(f"goal kind {kind!r} is not a GoalKind")
-    for clause in clauses:
-        if len(clause) != 3:
-            raise ValueError(f"goal clause {clause} must be (a, b, direction)")
     if kind is GoalKind.RELATIONS:
         if not 1 <= len(clauses) <= MAX_CLAUSES:
             raise ValueError(f"a relations goal needs 1..{MAX_CLAUSES} clauses, got {len(clauses)}")
@@ -203,7 +244,7 @@ def coerce_goal(goal: Goal | np.ndarray | Sequence[int]) -> Goal:
     """Accept a :class:`Goal`, our ``(10,)`` array, or KALM's ``(6,)`` array."""
     if isinstance(goal, Goal):
         return goal
-    values = np.asarray(goal)
+    values = _numeric(goal, "goal")
     if values.ndim == 1 and values.shape[0] == N_BALLS + 1:
         return Goal.from_kalm(values)
     if values.ndim == 1 and values.shape[0] == GOAL_ARRAY_LEN:

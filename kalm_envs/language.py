@@ -25,8 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kalm_envs.goals import HARD_FAMILIES, LEVELS, N_DIRECTIONS, Goal, GoalKind
+from kalm_envs.goals import LEVEL_FAMILIES, LEVELS, N_DIRECTIONS, Goal, GoalKind
 from kalm_envs.physics import COLORS
+from kalm_envs.validation import InvalidTypeError
 
 INSTRUCTION_CHARSET: str = string.ascii_letters + string.digits + " .,;:!?'-()"
 MAX_INSTRUCTION_LENGTH: int = 256
@@ -248,13 +249,6 @@ GATHER_TEMPLATES: tuple[str, ...] = (
     "Put every ball except the {center} one next to the {center} ball.",
 )
 
-#: Which goal families each level takes.
-_LEVEL_FAMILIES: dict[str, tuple[str, ...]] = {
-    "train": ("relation",),
-    "rephrase": ("relation",),
-    "easy": ("move",),
-    "hard": HARD_FAMILIES,
-}
 #: Ball placeholders and their position in a clause ``(a, b, direction)``.
 _BALL_SLOTS: dict[str, int] = {"a": 0, "center": 0, "b": 1}
 _PLACEHOLDER = re.compile(r"\{([a-z_]+?)(\d?)\}")
@@ -338,11 +332,13 @@ _TEMPLATES: dict[str, tuple[_Template, ...]] = {
 
 def _templates_for(goal: Goal, level: str) -> tuple[_Template, ...]:
     """The templates that word ``goal`` at ``level``; ``ValueError`` if there are none."""
-    if level not in _LEVEL_FAMILIES:
+    if not isinstance(goal, Goal):
+        raise InvalidTypeError(f"goal {goal!r} ({type(goal).__name__}) must be a Goal (Goal.from_array decodes an array)")
+    if not isinstance(level, str) or level not in LEVEL_FAMILIES:
         raise ValueError(f"instruction level {level!r} is not one of {LEVELS}")
-    if goal.family not in _LEVEL_FAMILIES[level]:
+    if goal.family not in LEVEL_FAMILIES[level]:
         raise ValueError(
-            f"level {level!r} words only {'/'.join(_LEVEL_FAMILIES[level])} goals, "
+            f"level {level!r} words only {'/'.join(LEVEL_FAMILIES[level])} goals, "
             f"not a {goal.family} goal ({goal})"
         )
     return _TEMPLATES[level if level != "hard" else f"hard/{goal.family}"]
@@ -375,6 +371,8 @@ def render_instruction(goal: Goal, level: str, rng: np.random.Generator) -> str:
     relation; easy: move; hard: pair, triple, line-up or gather).
     """
     templates = _templates_for(goal, level)
+    if not isinstance(rng, np.random.Generator):
+        raise InvalidTypeError(f"rng {rng!r} must be a numpy Generator (np.random.default_rng(seed))")
     template = templates[rng.integers(len(templates))]
     options = _slot_options(template, goal)
     return _fill(template, [choices[rng.integers(len(choices))] for choices in options])
@@ -408,8 +406,11 @@ def parse_instruction(text: str) -> Goal | None:
 
     Ignores case, runs of whitespace and final punctuation. Returns ``None`` when ``text``
     matches no template, names an invalid goal (a ball related to itself), or would decode to
-    more than one goal (which no rendered text does).
+    more than one goal (which no rendered text does). ``InvalidTypeError`` (a ``TypeError``) when
+    ``text`` is not a str.
     """
+    if not isinstance(text, str):
+        raise InvalidTypeError(f"text {text!r} ({type(text).__name__}) must be a str")
     normalized = _normalize(text)
     goals = set()
     for templates in _TEMPLATES.values():
@@ -430,10 +431,16 @@ def template_counts() -> dict[str, int]:
 
 
 def validate_instruction(text: str) -> str:
-    """Return ``text`` if it only uses :data:`INSTRUCTION_CHARSET` and fits the length limit.
+    """Return ``text`` if it is a str with a non-space character, only uses
+    :data:`INSTRUCTION_CHARSET` and fits the length limit.
 
-    ``ValueError`` names the characters outside the charset, or gives the length.
+    ``ValueError`` names the characters outside the charset, or gives the length;
+    ``InvalidTypeError`` (also a ``TypeError``) when ``text`` is not a str.
     """
+    if not isinstance(text, str):
+        raise InvalidTypeError(f"instruction {text!r} ({type(text).__name__}) must be a str")
+    if not text.strip():
+        raise ValueError(f"instruction {text!r} is empty: it needs at least one word")
     bad = sorted(set(text) - set(INSTRUCTION_CHARSET))
     if bad:
         raise ValueError(

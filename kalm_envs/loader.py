@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kalm_envs.dataset_checks import dataset_level
-from kalm_envs.minari_io import read_packed
+from kalm_envs.dataset_checks import read_dataset
+from kalm_envs.validation import check_paths
 
 
 @dataclass
@@ -54,19 +54,20 @@ class Transitions:
 def load_transitions(datasets: str | Path | Sequence[str | Path]) -> Transitions:
     """Flatten one or more datasets (ids under the Minari root, or dataset folders).
 
+    Every dataset is read and checked (:func:`kalm_envs.dataset_checks.read_dataset`: its env and
+    spaces, the stored checksum, shapes, action range, goals, finite values, counts) before any is
+    flattened.
+
     Raises:
-        FileNotFoundError: a dataset does not exist. ValueError: a dataset is not of our spaces.
+        FileNotFoundError: a dataset does not exist. ValueError: a dataset is not of our spaces,
+            or is damaged (:class:`~kalm_envs.minari_io.DatasetError`); the message names it.
     """
-    names = [datasets] if isinstance(datasets, str | Path) else list(datasets)
-    if not names:
-        raise ValueError("load_transitions needs at least one dataset")
-    for name in names:  # every dataset is checked before any is read
-        dataset_level(name)
+    names = check_paths([datasets] if isinstance(datasets, str | Path) else datasets, "datasets")
+    packs = [read_dataset(name)[1] for name in names]
     vocabulary: dict[str, int] = {}
     parts: dict[str, list[np.ndarray]] = defaultdict(list)
     first_episode = 0
-    for source, name in enumerate(names):
-        packed = read_packed(name)
+    for source, packed in enumerate(packs):
         lengths = packed["lengths"]
         episode = np.repeat(np.arange(len(lengths)), lengths)  # episode of every transition
         starts = np.cumsum(lengths) - lengths  # first transition of every episode

@@ -7,17 +7,23 @@ episode.
 
 Beside Minari's ``main_data.hdf5`` our writer leaves ``kalm_index.npz``: the same episodes packed
 into flat arrays (:func:`kalm_envs.rollout.pack_episodes`) with the content checksum. Minari
-ignores it; :func:`read_packed` uses it when its checksum matches the metadata's, which makes
-loading a large dataset tens of times faster than opening each episode's HDF5 datasets.
+ignores it; :func:`read_packed` reads it instead of the HDF5 file, which makes loading a large
+dataset tens of times faster than opening each episode's HDF5 datasets, and recomputes its
+checksum: content that does not match the checksum stored in the metadata (a changed or damaged
+index or HDF5 file) is a :class:`DatasetError` naming the file, never read as if sound.
+What the arrays hold (ranges, goals, finite values) is checked one level up, by
+:func:`kalm_envs.dataset_checks.read_dataset`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,9 +36,11 @@ from minari.namespace import create_namespace, list_local_namespaces
 from minari.storage import get_dataset_path
 
 from kalm_envs.dataset_specs import package_version
-from kalm_envs.rollout import Episode, load_packed, pack_episodes, save_episodes
+from kalm_envs.rollout import PACKED_FIELDS, Episode, load_packed, pack_episodes, save_episodes
+from kalm_envs.validation import check_path
 
 STAGING_DIR = ".kalm-staging"
+NAME_MAX = 255  # longest file or folder name (bytes) of the usual file systems
 HDF5_FILE = Path("data") / "main_data.hdf5"
 INDEX_FILE = Path("data") / "kalm_index.npz"
 METADATA_KEY = "kalm"  # key of our provenance block in the Minari metadata
@@ -47,9 +55,20 @@ def datasets_root() -> Path:
     return Path(get_dataset_path())
 
 
+def check_dataset_name(dataset: Any) -> str:
+    """``dataset`` (a dataset id or folder) as a str; ``InvalidTypeError`` unless it is a str or
+    ``Path``, ``ValueError`` naming it when it is empty or a part of it is longer than a file name
+    may be."""
+    name = check_path(dataset, "dataset")
+    if any(len(part.encode()) > NAME_MAX for part in Path(name).parts):
+        raise ValueError(f"dataset {name[:80]!r}... is not a dataset id or folder: a part of it is longer "
+                         f"than {NAME_MAX} bytes")
+    return name
+
+
 def dataset_dir(dataset_id: str) -> Path:
     """Folder of ``dataset_id`` under :func:`datasets_root`."""
-    return datasets_root() / dataset_id
+    return datasets_root() / check_dataset_name(dataset_id)
 
 
 def staging_dir(dataset_id: str) -> Path:
@@ -75,22 +94,43 @@ def episode_buffer(episode: Episode, index: int) -> EpisodeBuffer:
     )
 
 
-def content_checksum(episodes: Iterable[Episode]) -> str:
+def content_checksum(episodes: Sequence[Episode]) -> str:
     """SHA-256 over every field of every episode, in order; stored in and checked against metadata."""
+    return packed_checksum(pack_episodes(episodes)) if episodes else hashlib.sha256().hexdigest()
+
+
+def packed_checksum(packed: dict[str, np.ndarray], source: str | Path = "packed episodes") -> str:
+    """:func:`content_checksum` of packed episodes (:func:`kalm_envs.rollout.pack_episodes`): per
+    episode its seed, instruction, goal, states, actions, rewards, terminations, truncations and
+    successes, each as its canonical dtype. Arrays are converted once; each episode's rows are
+    hashed as views, without copies. ``DatasetError`` naming ``source`` when the arrays do not fit
+    together (ragged, or values of another type)."""
+    try:
+        return _packed_digest(packed)
+    except (ValueError, TypeError, IndexError) as error:
+        raise DatasetError(f"{source}: malformed packed episodes ({error})") from error
+
+
+def _packed_digest(packed: dict[str, np.ndarray]) -> str:
+    lengths = np.asarray(packed["lengths"], dtype=np.int64)
+    steps = np.concatenate([[0], np.cumsum(lengths)])
+    states = steps + np.arange(len(lengths) + 1)
+    seeds = np.ascontiguousarray(packed["seeds"], dtype=np.int64)
+    goals = np.ascontiguousarray(packed["goals"], dtype=np.int64)
+    per_state = [np.ascontiguousarray(packed["observations"], dtype=np.float32)]
+    per_step = [np.ascontiguousarray(packed[k], dtype=d) for k, d in
+                (("actions", np.int64), ("rewards", np.float64), ("terminations", np.bool_), ("truncations", np.bool_))]
+    successes = np.ascontiguousarray(packed["successes"], dtype=np.bool_)
     digest = hashlib.sha256()
-    for episode in episodes:
-        digest.update(np.int64(episode.seed).tobytes())
-        digest.update(episode.instruction.encode())
-        for array, dtype in (
-            (episode.goal, np.int64),
-            (episode.observations, np.float32),
-            (episode.actions, np.int64),
-            (episode.rewards, np.float64),
-            (episode.terminations, np.bool_),
-            (episode.truncations, np.bool_),
-            (episode.successes, np.bool_),
-        ):
-            digest.update(np.ascontiguousarray(array, dtype=dtype).tobytes())
+    update = digest.update
+    for i, instruction in enumerate(packed["instructions"].tolist()):
+        update(seeds[i : i + 1])
+        update(str(instruction).encode())
+        update(goals[i])
+        update(per_state[0][states[i] : states[i + 1]])
+        for array in per_step:
+            update(array[steps[i] : steps[i + 1]])
+        update(successes[states[i] : states[i + 1]])
     return digest.hexdigest()
 
 
@@ -162,7 +202,7 @@ def write_dataset(
 
 def hdf5_path(dataset_id_or_dir: str | Path) -> Path:
     """HDF5 file of a dataset given by id (under the Minari root) or by its folder."""
-    folder = Path(dataset_id_or_dir)
+    folder = Path(check_dataset_name(dataset_id_or_dir))
     if not folder.is_dir():
         folder = dataset_dir(str(dataset_id_or_dir))
     path = folder / HDF5_FILE
@@ -172,10 +212,25 @@ def hdf5_path(dataset_id_or_dir: str | Path) -> Path:
 
 
 def read_metadata(dataset_id_or_dir: str | Path) -> dict[str, Any]:
-    """The dataset's Minari metadata, including our ``kalm`` block."""
-    from minari.dataset.minari_storage import MinariStorage
+    """The dataset's Minari metadata, including our ``kalm`` block; ``DatasetError`` naming the file
+    when it is missing, not JSON, or not a JSON object (our ``kalm`` block, when there, must be one
+    too)."""
+    folder = hdf5_path(dataset_id_or_dir).parent
+    path = folder / "metadata.json"
+    try:
+        metadata = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise DatasetError(f"{path}: unreadable dataset metadata ({error})") from error
+    if not isinstance(metadata, dict) or not isinstance(metadata.get(METADATA_KEY, {}), dict):
+        raise DatasetError(f"{path}: the dataset metadata must be a JSON object with an object under "
+                           f"{METADATA_KEY!r}, got {str(metadata)[:80]}")
+    return metadata
 
-    return MinariStorage.read_raw_metadata(hdf5_path(dataset_id_or_dir).parent)
+
+def stored_checksum(metadata: dict[str, Any]) -> str | None:
+    """The content checksum our writer stored in the metadata (None for a dataset written elsewhere)."""
+    checksum = metadata.get(METADATA_KEY, {}).get("checksum")
+    return None if checksum is None else str(checksum)
 
 
 def read_episodes(dataset_id_or_dir: str | Path) -> list[Episode]:
@@ -193,18 +248,69 @@ def read_episodes(dataset_id_or_dir: str | Path) -> list[Episode]:
         raise DatasetError(f"{path} is truncated or corrupted: {error}") from error
 
 
-def read_packed(dataset_id_or_dir: str | Path) -> dict[str, np.ndarray]:
-    """A dataset's episodes as packed flat arrays (see :func:`kalm_envs.rollout.pack_episodes`).
+def episode_count(dataset_id_or_dir: str | Path) -> int:
+    """How many ``episode_*`` groups the HDF5 file holds (opens it, reads no data); ``DatasetError``
+    naming the file when it does not open (truncated, not HDF5)."""
+    path = hdf5_path(dataset_id_or_dir)
+    try:
+        with h5py.File(path, "r") as file:
+            return sum(1 for name in file if name.startswith("episode_"))
+    except OSError as error:
+        raise DatasetError(f"{path} is truncated or corrupted: {error}") from error
 
-    Uses ``kalm_index.npz`` when present and matching the metadata checksum, else the HDF5 file.
+
+def read_index(dataset_id_or_dir: str | Path) -> dict[str, np.ndarray] | None:
+    """The arrays of the dataset's ``kalm_index.npz`` (packed episodes, without its ``checksum``
+    entry), or None when it has none; ``DatasetError`` naming the file when it is unreadable or
+    lacks a packed field."""
+    path = hdf5_path(dataset_id_or_dir).parent.parent / INDEX_FILE
+    if not path.is_file():
+        return None
+    try:
+        packed = load_packed(path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise DatasetError(f"{path} is truncated or corrupted: {error}") from error
+    missing = sorted(set(PACKED_FIELDS) - set(packed))
+    if missing:
+        raise DatasetError(f"{path} lacks the packed field(s) {missing}; delete it to read {HDF5_FILE.name}")
+    packed.pop("checksum", None)
+    return packed
+
+
+def read_packed(
+    dataset_id_or_dir: str | Path, check: Callable[[dict[str, np.ndarray]], None] | None = None
+) -> dict[str, np.ndarray]:
+    """A dataset's episodes as packed flat arrays (see :func:`kalm_envs.rollout.pack_episodes`),
+    from ``kalm_index.npz`` when there is one (the HDF5 file is then only opened, to count its
+    episodes), else from the HDF5 file. ``check(packed)``, when given, runs before the checksum is
+    compared (:func:`kalm_envs.dataset_checks.read_dataset` passes its array checks, so that a
+    damaged value is named, not only the checksum's mismatch).
+
+    Raises:
+        DatasetError: naming the file, when a file is truncated or corrupted, the HDF5 file holds
+            fewer or more episodes than the index, or the content's checksum differs from the one
+            stored in the metadata (a dataset written elsewhere has none, and is not compared).
     """
-    index = hdf5_path(dataset_id_or_dir).parent.parent / INDEX_FILE
-    if index.is_file():
-        expected = read_metadata(dataset_id_or_dir).get(METADATA_KEY, {}).get("checksum")
-        packed = load_packed(index)
-        if expected is not None and str(packed.pop("checksum", "")) == expected:
-            return packed
-    return pack_episodes(read_episodes(dataset_id_or_dir))
+    expected = stored_checksum(read_metadata(dataset_id_or_dir))
+    packed = read_index(dataset_id_or_dir)
+    if packed is None:
+        source, packed = hdf5_path(dataset_id_or_dir), pack_episodes(read_episodes(dataset_id_or_dir))
+    else:
+        source = hdf5_path(dataset_id_or_dir).parent.parent / INDEX_FILE
+        in_hdf5 = episode_count(dataset_id_or_dir)
+        if in_hdf5 != len(packed["lengths"]):
+            raise DatasetError(f"{hdf5_path(dataset_id_or_dir)} holds {in_hdf5} episodes but {source.name} "
+                               f"{len(packed['lengths'])}: an episode is missing; rebuild the dataset")
+    if check is not None:
+        check(packed)
+    if expected is not None:
+        actual = packed_checksum(packed, source)
+        if actual != expected:
+            raise DatasetError(f"{source}: the content's checksum {actual[:12]}... differs from the one in the "
+                               f"dataset's metadata ({expected[:12]}...): the file was changed or damaged after "
+                               f"it was written; rebuild the dataset")
+    return packed
+
 
 
 def _read_field(file_id: h5py.h5f.FileID, name: str, first_only: bool = False) -> np.ndarray:

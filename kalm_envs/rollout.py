@@ -15,6 +15,8 @@ from kalm_envs.atomic import atomic_path
 Policy = Callable[[dict[str, Any], dict[str, Any]], int]
 _STEP_FIELDS = ("actions", "rewards", "terminations", "truncations")  # T entries per episode
 _STATE_FIELDS = ("observations", "successes")  # T + 1 entries per episode
+PACKED_FIELDS = ("lengths", "seeds", "instructions", "goals", *_STATE_FIELDS, *_STEP_FIELDS)
+"""The arrays of :func:`pack_episodes`."""
 
 
 @dataclass

@@ -33,6 +33,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from kalm_envs.validation import InvalidTypeError, check_float, check_int
+
 __all__ = [
     "DEFAULT_ENCODER",
     "ENCODER_NAMES",
@@ -83,9 +85,7 @@ class BaseTextEncoder:
     dim: int = 0
 
     def __init__(self, cache_size: int = 4096) -> None:
-        if not isinstance(cache_size, int) or cache_size < 0:
-            raise ValueError(f"cache_size {cache_size!r} must be a non-negative integer")
-        self.cache_size = cache_size
+        self.cache_size = check_int(cache_size, "cache_size", low=0)
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -94,13 +94,15 @@ class BaseTextEncoder:
         ``texts`` must be a sequence of str (a bare str is refused, it would be read as characters).
         """
         if isinstance(texts, str | bytes):
-            raise TypeError(
+            raise InvalidTypeError(
                 "encode() takes a sequence of str, not a single str; use encode([text])"
             )
+        if not isinstance(texts, Sequence | np.ndarray):
+            raise InvalidTypeError(f"encode() takes a sequence of str, got {type(texts).__name__}: {texts!r}")
         texts = list(texts)
         for text in texts:
             if not isinstance(text, str):
-                raise TypeError(f"encode() takes str items, got {type(text).__name__}: {text!r}")
+                raise InvalidTypeError(f"encode() takes str items, got {type(text).__name__}: {text!r}")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
         fresh: dict[str, np.ndarray] = {}
@@ -164,10 +166,9 @@ _TOKEN_RE = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*")
 
 
 def _check_range(name: str, value: Any) -> tuple[int, int]:
-    try:
-        low, high = (int(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} {value!r} must be a pair of integers (low, high)") from None
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence) or len(value) != 2:
+        raise InvalidTypeError(f"{name} {value!r} must be a pair of integers (low, high)")
+    low, high = (check_int(v, name) for v in value)
     if not 1 <= low <= high:
         raise ValueError(f"{name} {value!r} must satisfy 1 <= low <= high")
     return low, high
@@ -215,15 +216,9 @@ class HashedNgramEncoder(BaseTextEncoder):
         cache_size: int = 4096,
     ) -> None:
         super().__init__(cache_size=cache_size)
-        if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or dim < 2:
-            raise ValueError(f"dim {dim!r} must be an integer >= 2")
-        if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-            raise ValueError(f"seed {seed!r} must be an integer")
-        char_weight = float(char_weight)
-        if not np.isfinite(char_weight) or char_weight < 0:
-            raise ValueError(f"char_weight {char_weight!r} must be finite and >= 0")
-        self.dim = int(dim)
-        self.seed = int(seed)
+        self.dim = check_int(dim, "dim", low=2)
+        self.seed = check_int(seed, "seed")
+        char_weight = check_float(char_weight, "char_weight", 0.0)
         self.word_ngram_range = _check_range("word_ngram_range", word_ngram_range)
         self.char_ngram_range = (
             None if char_ngram_range is None else _check_range("char_ngram_range", char_ngram_range)
@@ -332,13 +327,8 @@ class OrderedNgramEncoder(HashedNgramEncoder):
         cache_size: int = 4096,
     ) -> None:
         super().__init__(dim, word_ngram_range, char_ngram_range, char_weight, seed, cache_size)
-        if isinstance(pair_window, bool) or not isinstance(pair_window, int | np.integer) or pair_window < 1:
-            raise ValueError(f"pair_window {pair_window!r} must be an integer >= 1")
-        pair_weight = float(pair_weight)
-        if not np.isfinite(pair_weight) or pair_weight <= 0:
-            raise ValueError(f"pair_weight {pair_weight!r} must be finite and > 0")
-        self.pair_window = int(pair_window)
-        self.pair_weight = pair_weight
+        self.pair_window = check_int(pair_window, "pair_window", low=1)
+        self.pair_weight = check_float(pair_weight, "pair_weight", 0.0, low_open=True)
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "pair_window": self.pair_window, "pair_weight": self.pair_weight}
@@ -445,8 +435,7 @@ class MiniLMEncoder(BaseTextEncoder):
     ) -> None:
         super().__init__(cache_size=cache_size)
         for arg, value in (("batch_size", batch_size), ("max_length", max_length)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{arg} {value!r} must be a positive integer")
+            check_int(value, arg, low=1)
         self._explicit_dir = None if model_dir is None else str(model_dir)
         if model_dir is None:
             self.model_dir = default_minilm_dir()

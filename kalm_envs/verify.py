@@ -4,20 +4,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 
-from kalm_envs.dataset_checks import dataset_level
+from kalm_envs.dataset_checks import check_packed, dataset_level
 from kalm_envs.goals import Goal
-from kalm_envs.language import INSTRUCTION_CHARSET, MAX_INSTRUCTION_LENGTH
-from kalm_envs.minari_io import METADATA_KEY, content_checksum, hdf5_path, read_episodes, read_metadata
-from kalm_envs.physics import N_ACTIONS, STATE_DIM
+from kalm_envs.minari_io import (
+    HDF5_FILE,
+    INDEX_FILE,
+    DatasetError,
+    hdf5_path,
+    packed_checksum,
+    read_episodes,
+    read_index,
+    read_metadata,
+    stored_checksum,
+)
 from kalm_envs.predicates import is_success, transition_outcome
 from kalm_envs.registration import EPISODE_STEPS
-from kalm_envs.rollout import Episode
+from kalm_envs.rollout import Episode, pack_episodes
 
-_CHARSET = frozenset(INSTRUCTION_CHARSET)
 _MAX_LISTED = 5  # offending episodes named per failed check
 
 
@@ -51,40 +59,74 @@ class VerifyReport:
 
 
 def verify_dataset(dataset_id_or_dir: str | Path) -> VerifyReport:
-    """Run every check; never raises on bad content, only on an unreadable file."""
+    """Run every check on the HDF5 file (and the index beside it); never raises on bad content,
+    only on an unreadable HDF5 file or metadata (:class:`~kalm_envs.minari_io.DatasetError`).
+
+    Checks: ``env`` (:func:`~kalm_envs.dataset_checks.dataset_level`, and no episode over its
+    level's limit), ``contents`` (:func:`~kalm_envs.dataset_checks.check_packed`: shapes, counts,
+    action range, finite values, goals, instructions), ``index`` (``kalm_index.npz`` readable and
+    holding what the HDF5 file holds), ``repeated fields``, ``predicates``, ``rewards`` (these two
+    only on sound contents) and ``checksum`` (the HDF5 content against the metadata's).
+    """
     report = VerifyReport(str(dataset_id_or_dir))
     episodes = read_episodes(dataset_id_or_dir)
     metadata = read_metadata(dataset_id_or_dir)
     report.episodes, report.steps = len(episodes), sum(e.length for e in episodes)
-    for name in ("env", "lengths", "spaces", "finite values", "repeated fields", "predicates", "rewards", "checksum"):
+    for name in ("env", "lengths", "contents", "index", "repeated fields", "predicates", "rewards", "checksum"):
         report.checks[name] = []
-    if report.episodes != metadata.get("total_episodes") or report.steps != metadata.get("total_steps"):
-        report.fail("lengths", f"metadata says {metadata.get('total_episodes')} episodes, "
-                               f"{metadata.get('total_steps')} steps")
-    _check_env(dataset_id_or_dir, episodes, report)
+    level = _check_env(dataset_id_or_dir, episodes, report)
+    packed = pack_episodes(episodes) if episodes else None
+    try:
+        if packed is None:
+            raise DatasetError(f"dataset {str(dataset_id_or_dir)!r} holds no episode")
+        check_packed(packed, level, metadata, dataset_id_or_dir)
+    except DatasetError as error:
+        report.fail("contents", str(error))
+    _check_index(dataset_id_or_dir, packed, level, metadata, report)
     _check_repeated_fields(hdf5_path(dataset_id_or_dir), report)
-    for index, episode in enumerate(episodes):
-        _check_episode(index, episode, report)
-    stored = metadata.get(METADATA_KEY, {}).get("checksum")
+    if not report.checks["contents"]:
+        for index, episode in enumerate(episodes):
+            _check_episode(index, episode, report)
+    stored = stored_checksum(metadata)
     if stored is None:
         report.fail("checksum", "no checksum in the dataset metadata")
-    elif stored != content_checksum(episodes):
+    elif packed is None or stored != packed_checksum(packed):
         report.fail("checksum", f"content does not match the stored checksum {stored[:12]}...")
     return report
 
 
-def _check_env(dataset_id_or_dir: str | Path, episodes: list[Episode], report: VerifyReport) -> None:
-    """The env must be a current level's id with our spaces, and no episode longer than its limit."""
+def _check_env(dataset_id_or_dir: str | Path, episodes: list[Episode], report: VerifyReport) -> str | None:
+    """The env must be a current level's id with our spaces, and no episode longer than its limit;
+    returns the level (None when the env check failed)."""
     try:
         level = dataset_level(dataset_id_or_dir)
     except ValueError as error:
         report.fail("env", str(error))
-        return
+        return None
     limit = EPISODE_STEPS[level]
     for index, episode in enumerate(episodes):
         if episode.length > limit:
             report.fail("lengths", f"episode {index}: {episode.length} steps, over the {level} level's "
                                    f"limit of {limit}")
+    return level
+
+
+def _check_index(
+    dataset_id_or_dir: str | Path, packed: dict[str, np.ndarray] | None, level: str | None,
+    metadata: dict[str, Any], report: VerifyReport,
+) -> None:
+    """``kalm_index.npz``, when there is one, must read, pass the array checks and hold exactly
+    the HDF5 file's episodes."""
+    try:
+        index = read_index(dataset_id_or_dir)
+        if index is None:
+            return
+        check_packed(index, level, metadata, INDEX_FILE.name)
+        if packed is None or packed_checksum(index, INDEX_FILE.name) != packed_checksum(packed):
+            report.fail("index", f"{INDEX_FILE.name} does not hold the episodes of {HDF5_FILE.name} (its checksum "
+                                 f"differs): delete it, or rebuild the dataset")
+    except DatasetError as error:
+        report.fail("index", str(error))
 
 
 def _check_repeated_fields(path: Path, report: VerifyReport) -> None:
@@ -98,28 +140,9 @@ def _check_repeated_fields(path: Path, report: VerifyReport) -> None:
 
 
 def _check_episode(index: int, episode: Episode, report: VerifyReport) -> None:
+    """Predicates, terminations and rewards of one episode whose arrays passed ``check_packed``."""
     where = f"episode {index}"
     steps = episode.length
-    if steps < 1 or episode.observations.shape != (steps + 1, STATE_DIM) or episode.successes.shape != (steps + 1,):
-        report.fail("lengths", f"{where}: {steps} actions but observations {episode.observations.shape}, "
-                               f"infos {episode.successes.shape}")
-        return
-    if not all(len(a) == steps for a in (episode.rewards, episode.terminations, episode.truncations)):
-        report.fail("lengths", f"{where}: rewards/terminations/truncations are not {steps} long")
-        return
-    if episode.actions.min() < 0 or episode.actions.max() >= N_ACTIONS:
-        report.fail("spaces", f"{where}: action outside [0, {N_ACTIONS})")
-    bad_chars = set(episode.instruction) - _CHARSET
-    if bad_chars or not 0 < len(episode.instruction) <= MAX_INSTRUCTION_LENGTH:
-        report.fail("spaces", f"{where}: instruction {episode.instruction!r} is outside the Text space")
-    try:
-        Goal.from_array(episode.goal)
-    except ValueError as error:
-        report.fail("spaces", f"{where}: {error}")
-        return
-    if not (np.isfinite(episode.observations).all() and np.isfinite(episode.rewards).all()):
-        report.fail("finite values", f"{where}: non-finite observation or reward")
-        return
     goals = np.repeat(episode.goal[None], steps + 1, axis=0)
     initial = np.repeat(episode.observations[:1], steps + 1, axis=0)
     success = is_success(episode.observations, goals, initial)

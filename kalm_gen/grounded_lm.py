@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kalm_envs.validation import check_choice, check_int
 from kalm_gen.base_model import resolve_base_model
 from kalm_gen.sequences import ACTION_SLOT, STATE_SCALE, STATE_SLOT
 
@@ -76,14 +77,10 @@ class GroundedLMConfig:
     state_head: str = "bounded"
 
     def __post_init__(self) -> None:
-        if self.finetune not in ("lora", "full"):
-            raise ValueError(f"finetune {self.finetune!r} is not one of ('lora', 'full')")
-        if self.state_head not in STATE_HEADS:
-            raise ValueError(f"state_head {self.state_head!r} is not one of {STATE_HEADS}")
-        if self.num_layers is not None and (
-            isinstance(self.num_layers, bool) or not isinstance(self.num_layers, int) or self.num_layers < 1
-        ):
-            raise ValueError(f"num_layers {self.num_layers!r} must be a positive integer or None")
+        check_choice(self.finetune, "finetune", ("lora", "full"))
+        check_choice(self.state_head, "state_head", STATE_HEADS)
+        if self.num_layers is not None:
+            check_int(self.num_layers, "num_layers", low=1)
 
 
 class GroundedLM(nn.Module):

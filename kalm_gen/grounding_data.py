@@ -34,8 +34,7 @@ import numpy as np
 
 from kalm_envs.goals import Goal
 from kalm_envs.language import instruction_variants
-from kalm_envs.dataset_checks import dataset_folder, dataset_level
-from kalm_envs.minari_io import DatasetError, read_packed
+from kalm_envs.dataset_checks import dataset_level, read_dataset
 from kalm_gen.sequences import TASKS, Sequence as TokenSequence
 from kalm_gen.sequences import collate, dynamics_sequence, explain_sequence, pack, rollout_sequence
 
@@ -101,30 +100,27 @@ def load_grounding_episodes(
 ) -> list[GroundingEpisode]:
     """Every episode (at most ``max_episodes`` per dataset, the first ones) of the datasets.
 
-    Episodes without a step are skipped (they give no trajectory to learn from). Raises
-    ``FileNotFoundError`` for a missing dataset and ``ValueError`` for one of another env or
-    spaces, or when no episode is left.
+    Every dataset is read through :func:`kalm_envs.dataset_checks.read_dataset` (which refuses an
+    episode without a step, among other damage). Raises ``FileNotFoundError`` for a missing
+    dataset and ``ValueError`` for one of another env or spaces, a damaged one, or when no
+    episode is left.
     """
     names = [datasets] if isinstance(datasets, str | Path) else list(datasets)
     if not names:
         raise ValueError("grounding needs at least one dataset")
     if max_episodes is not None and max_episodes < 1:
         raise ValueError(f"max_episodes {max_episodes} must be at least 1")
-    levels = [dataset_level(name) for name in names]  # check them all before reading any
+    for name in names:  # every dataset's metadata is checked before any is read
+        dataset_level(name)
     episodes: list[GroundingEpisode] = []
     cache: dict = {}
-    for name, level in zip(names, levels, strict=True):
-        try:
-            packed = read_packed(dataset_folder(name))
-        except DatasetError as error:
-            raise ValueError(f"dataset {str(name)!r}: {error}") from error
+    for name in names:
+        level, packed = read_dataset(name)
         lengths = packed["lengths"]
         count = len(lengths) if max_episodes is None else min(max_episodes, len(lengths))
         step_starts = np.concatenate([[0], np.cumsum(lengths)])
         state_starts = np.concatenate([[0], np.cumsum(lengths + 1)])
         for i in range(count):
-            if lengths[i] < 1:
-                continue
             recorded = str(packed["instructions"][i])
             goal = packed["goals"][i].astype(np.int64)
             episodes.append(GroundingEpisode(

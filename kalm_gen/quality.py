@@ -227,12 +227,12 @@ def explanation_quality(
 
 def held_out_episodes(dataset_id: str, count: int) -> list[Episode]:
     """The last ``count`` episodes of a dataset: by convention held out of the LM's training."""
-    from kalm_envs.minari_io import read_packed
+    from kalm_envs.dataset_checks import read_dataset
     from kalm_envs.rollout import unpack_episodes
 
     if count < 1:
         raise ValueError(f"count {count} must be at least 1")
-    return unpack_episodes(read_packed(dataset_id))[-count:]
+    return unpack_episodes(read_dataset(dataset_id)[1])[-count:]
 
 
 def imagination_quality(

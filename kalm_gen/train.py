@@ -47,6 +47,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,7 @@ from torch import nn
 
 from kalm_envs.atomic import atomic_write_text
 from kalm_envs.dataset_checks import dataset_level
+from kalm_envs.validation import InvalidTypeError, check_choice, check_float, check_int, check_path, check_paths
 from kalm_gen.grounded_lm import GroundedLM, GroundedLMConfig, to_tensors
 from kalm_gen.grounding_data import (
     DEFAULT_TASK_WEIGHTS,
@@ -149,33 +151,33 @@ class GroundingTrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.datasets, str | Path):
             self.datasets = [self.datasets]
-        self.datasets = [str(d) for d in self.datasets]
-        self.output = str(self.output)
-        self.task_weights = {k: float(v) for k, v in self.task_weights.items()}
+        self.datasets = check_paths(self.datasets, "datasets", allow_empty=True)
+        self.output = check_path(self.output, "output")
+        if not isinstance(self.task_weights, Mapping):
+            raise InvalidTypeError(f"task_weights {self.task_weights!r} must be a mapping of task names to weights")
+        self.task_weights = {k: check_float(v, f"task_weights[{k!r}]", 0.0) for k, v in self.task_weights.items()}
 
     def validate(self) -> None:
-        """``ValueError`` naming the first bad setting."""
-        if not self.datasets:
-            raise ValueError("grounding needs at least one dataset")
-        if self.finetune not in ("lora", "full"):
-            raise ValueError(f"finetune {self.finetune!r} is not one of ('lora', 'full')")
-        if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"schedule {self.schedule!r} is not one of ('cosine', 'constant')")
+        """``ValueError`` (``InvalidTypeError``, also a ``TypeError``, for a value of the wrong
+        type) naming the first bad setting; see :mod:`kalm_envs.validation` for what each kind of
+        setting accepts."""
+        check_paths(self.datasets, "datasets")
+        check_path(self.base_model, "base_model")
+        check_choice(self.finetune, "finetune", ("lora", "full"))
+        check_choice(self.schedule, "schedule", ("cosine", "constant"))
         for name in ("lora_rank", "head_hidden", "batch_size", "steps", "eval_every", "checkpoint_every"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} {getattr(self, name)} must be at least 1")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr {self.lr} must be a positive number")
-        if self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1 or self.weight_decay < 0:
-            raise ValueError("warmup_steps and weight_decay must be >= 0 and min_lr_ratio in [0, 1]")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction {self.val_fraction} must lie in [0, 1)")
-        if self.max_episodes is not None and self.max_episodes < 1:
-            raise ValueError(f"max_episodes {self.max_episodes} must be at least 1")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision {self.precision!r} is not one of {PRECISIONS}")
-        if self.pack_length is not None and self.pack_length < 1:
-            raise ValueError(f"pack_length {self.pack_length} must be at least 1 (or None: no packing)")
+            check_int(getattr(self, name), name, low=1)
+        for name in ("lora_alpha", "max_episodes", "pack_length"):
+            if getattr(self, name) is not None:
+                check_int(getattr(self, name), name, low=1)
+        check_int(self.seed, "seed", low=0)
+        check_int(self.warmup_steps, "warmup_steps", low=0)
+        check_float(self.lr, "lr", 0.0, low_open=True)
+        check_float(self.weight_decay, "weight_decay", 0.0)
+        check_float(self.min_lr_ratio, "min_lr_ratio", 0.0, 1.0)
+        check_float(self.grad_clip, "grad_clip", 0.0)  # 0: no clipping
+        check_float(self.val_fraction, "val_fraction", 0.0, 1.0, high_open=True)
+        check_choice(self.precision, "precision", PRECISIONS)
         normalize_task_weights(self.task_weights)
         self.model_config()  # num_layers and state_head
 

@@ -37,12 +37,14 @@ import numpy as np
 from kalm_envs import ENV_IDS, N_ACTIONS, Goal
 from kalm_envs.atomic import atomic_path
 from kalm_envs.predicates import condition_status
+from kalm_envs.validation import check_int
 
 __all__ = [
     "EVAL_SEED",
     "BatchPolicy",
     "LevelResult",
     "Policy",
+    "PolicyError",
     "RandomPolicy",
     "ScriptedOracleBaseline",
     "as_batch_policy",
@@ -124,9 +126,7 @@ class ScriptedOracleBaseline:
     label = "scripted oracle"
 
     def __init__(self, workers: int = 1) -> None:
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers {workers!r} must be an integer >= 1")
-        self.workers = workers
+        self.workers = check_int(workers, "workers", low=1)
 
     def evaluate_level(self, level: str, episodes: int, seed: int = 0) -> LevelResult:
         """The oracle's :class:`LevelResult` on the evaluation episodes of ``level``."""
@@ -190,19 +190,20 @@ def conditions_met(final_states: np.ndarray, goals: np.ndarray, initial_states: 
 
 
 def _check_level(level: str) -> None:
-    if level not in ENV_IDS:
+    if not isinstance(level, str) or level not in ENV_IDS:
         raise ValueError(f"level {level!r} is not one of {tuple(ENV_IDS)}")
 
 
-def _check_episodes(episodes: int) -> None:
-    if isinstance(episodes, bool) or not isinstance(episodes, int | np.integer) or episodes < 1:
-        raise ValueError(f"episodes {episodes!r} must be an integer >= 1")
+class PolicyError(RuntimeError):
+    """A policy under evaluation raised; the message names the policy, the level, the step and
+    the policy's own error (chained as ``__cause__``, with its traceback)."""
 
 
 def episode_seeds(episodes: int, seed: int = 0) -> np.ndarray:
-    """``(episodes,)`` int64 reset seeds of a level's evaluation episodes."""
-    _check_episodes(episodes)
-    return EVAL_SEED + int(seed) + np.arange(episodes, dtype=np.int64)
+    """``(episodes,)`` int64 reset seeds of a level's evaluation episodes (``episodes`` >= 1 and
+    ``seed`` integers, Python or numpy)."""
+    episodes = check_int(episodes, "episodes", low=1)
+    return EVAL_SEED + check_int(seed, "seed") + np.arange(episodes, dtype=np.int64)
 
 
 def _checked_actions(actions: Any, count: int) -> np.ndarray:
@@ -224,8 +225,18 @@ def _checked_actions(actions: Any, count: int) -> np.ndarray:
     return array.astype(np.int64)
 
 
+def _act(policy: BatchPolicy, observations: list[dict[str, Any]], label: str, step: int) -> np.ndarray:
+    """``policy.act_batch(observations)``, checked; whatever the policy raises becomes a
+    :class:`PolicyError` naming it (the original error is its ``__cause__``)."""
+    try:
+        actions = policy.act_batch(observations)
+    except Exception as error:  # noqa: BLE001 - a caller's code: named and re-raised, never swallowed
+        raise PolicyError(f"policy {label} raised {type(error).__name__} at step {step}: {error}") from error
+    return _checked_actions(actions, len(observations))
+
+
 def _run_lockstep(
-    envs: list[gym.Env], policy: BatchPolicy, seeds: np.ndarray
+    envs: list[gym.Env], policy: BatchPolicy, seeds: np.ndarray, label: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run one episode per seed, ``envs[j]`` for ``seeds[j]``, all stepping together.
 
@@ -241,10 +252,10 @@ def _run_lockstep(
     initial_states = np.stack([o["observation"] for o in observations])
     lengths = np.zeros(len(seeds), dtype=np.int64)
     running = list(range(len(seeds)))
+    step = 0
     while running:
-        actions = _checked_actions(
-            policy.act_batch([observations[j] for j in running]), len(running)
-        )
+        actions = _act(policy, [observations[j] for j in running], label, step)
+        step += 1
         still_running = []
         for j, action in zip(running, actions, strict=True):
             observation, _, terminated, truncated, info = envs[j].step(int(action))
@@ -275,22 +286,24 @@ def evaluate_policy(
     ``seed`` first, so its results repeat for the same ``seed`` and ``batch_envs``.
 
     Raises:
-        ValueError: unknown ``level``, ``episodes`` or ``batch_envs`` below 1, or a returned action
-            that is not an integer in [0, 40) (the message names it).
+        ValueError: unknown ``level``, ``episodes`` or ``batch_envs`` not an integer >= 1, ``seed``
+            not an integer, or a returned action that is not an integer in [0, 40) (the message
+            names it). TypeError: ``policy`` neither has ``act_batch`` nor is callable.
+        PolicyError: the policy raised (the message names the policy and its error).
     """
     if isinstance(policy, ScriptedOracleBaseline):
         return policy.evaluate_level(level, episodes, seed)
     _check_level(level)
     seeds = episode_seeds(episodes, seed)
-    if batch_envs < 1:
-        raise ValueError(f"batch_envs {batch_envs} must be at least 1")
+    batch_envs = check_int(batch_envs, "batch_envs", low=1)
     batch_policy = as_batch_policy(policy)
+    label = str(getattr(policy, "label", repr(policy)))
     if hasattr(policy, "reseed"):  # a sampling policy draws the same actions on every call
         policy.reseed(zlib.crc32(f"{level}/{seed}".encode()))
     envs = [gym.make(ENV_IDS[level]) for _ in range(min(batch_envs, episodes))]
     try:
         parts = [
-            _run_lockstep(envs, batch_policy, seeds[start : start + batch_envs])
+            _run_lockstep(envs, batch_policy, seeds[start : start + batch_envs], label)
             for start in range(0, episodes, batch_envs)
         ]
     finally:
@@ -362,7 +375,7 @@ def evaluate_policies(
     levels = [levels] if isinstance(levels, str) else list(levels)
     for level in levels:
         _check_level(level)
-    _check_episodes(episodes)
+    check_int(episodes, "episodes", low=1)
     if not groups:
         raise ValueError("no policy to evaluate: groups is empty")
     for name, policies in groups.items():

@@ -8,6 +8,7 @@ instruction encoder's ``config()`` and the learner's weights. :func:`load_policy
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 
 from kalm_envs.atomic import atomic_path
 from kalm_envs.text_encoders import TextEncoder
+from kalm_envs.validation import check_float
 from kalm_rl.data import policy_inputs
 from kalm_rl.learners import Learner, make_learner
 from kalm_rl.policy_adapters import FlatPolicy
@@ -62,9 +64,8 @@ class LearnerPolicy(FlatPolicy):
                  temperature: float | None = None) -> None:
         super().__init__(self._predict, encoder, label or learner.name)
         self.learner = learner.eval().cpu()
-        self.temperature = learner.temperature if temperature is None else float(temperature)
-        if self.temperature < 0:
-            raise ValueError(f"temperature {self.temperature} must not be negative")
+        self.temperature = check_float(learner.temperature if temperature is None else temperature,
+                                       "temperature", 0.0)
         self.generator = torch.Generator().manual_seed(0)
 
     def reseed(self, seed: int) -> None:
@@ -83,14 +84,19 @@ def load_policy(path: str | Path, temperature: float | None = None) -> LearnerPo
 
     Raises:
         FileNotFoundError: no saved policy there (for a run folder: training has not finished).
-        ValueError: the file is not a policy of this package.
+        ValueError: the file is not a policy of this package, or a saved setting (the acting
+            temperature: a finite number >= 0) is bad; the message names the file or the value.
     """
     path = Path(path)
     file = path / POLICY_FILE if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(f"no trained policy at {path} (expected {file}; has training finished?)")
-    payload = torch.load(file, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    try:
+        payload = torch.load(file, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+        raise ValueError(f"{file} is not a kalm_rl policy file: {error}") from error
+    keys = ("algorithm", "input_dim", "params", "state_dict", "temperature", "encoder", "label")
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or any(k not in payload for k in keys):
         raise ValueError(f"{file} is not a kalm_rl policy file (format {FORMAT})")
     learner = make_learner(payload["algorithm"], payload["input_dim"], payload["params"])
     learner.load_state_dict(payload["state_dict"])

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from tqdm import tqdm
 from kalm_envs.atomic import atomic_path, atomic_write_text
 from kalm_envs.loader import load_transitions
 from kalm_envs.text_encoders import DEFAULT_ENCODER, ENCODER_NAMES, make_encoder
+from kalm_envs.validation import InvalidTypeError, check_choice, check_float, check_int, check_path, check_paths
 from kalm_rl.data import IMAGINED_EPISODES, Batch, OfflineData
 from kalm_rl.devices import resolve_device
 from kalm_rl.learners import Learner, learner_class, make_learner
@@ -94,29 +96,31 @@ class TrainConfig:
     device: str = "cpu"
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first bad setting."""
+        """Raise ``ValueError`` (``InvalidTypeError``, also a ``TypeError``, for a value of the
+        wrong type) naming the first bad setting; see :mod:`kalm_envs.validation` for what each
+        kind of setting accepts."""
+        if not isinstance(self.params, Mapping):
+            raise InvalidTypeError(f"params {self.params!r} must be a mapping of setting names to values")
         learner_class(self.algorithm).Config.from_params(dict(self.params))
-        if not self.datasets:
-            raise ValueError("give at least one real dataset")
-        if self.imagined and not 0.0 < self.real_fraction < 1.0:
-            raise ValueError(f"real fraction {self.real_fraction} must lie strictly between 0 and 1")
-        if self.imagined_episodes not in IMAGINED_EPISODES:
-            raise ValueError(f"imagined episodes {self.imagined_episodes!r} is not one of {IMAGINED_EPISODES}")
-        if self.encoder not in ENCODER_NAMES:
-            raise ValueError(f"unknown encoder {self.encoder!r}; choose from {sorted(ENCODER_NAMES)}")
+        check_paths(self.datasets, "datasets")
+        check_paths(self.imagined, "imagined", allow_empty=True)
+        check_path(self.output, "output")
+        if self.imagined:
+            check_float(self.real_fraction, "real fraction", 0.0, 1.0, low_open=True, high_open=True)
+        check_choice(self.imagined_episodes, "imagined episodes", IMAGINED_EPISODES)
+        check_choice(self.encoder, "encoder", sorted(ENCODER_NAMES))
         for name in ("updates", "batch_size", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} {getattr(self, name)} must be at least 1")
-        if self.reward_scale <= 0:
-            raise ValueError(f"reward scale {self.reward_scale} must be positive")
-        if self.temperature is not None and self.temperature < 0:
-            raise ValueError(f"temperature {self.temperature} must not be negative")
-        if not 0.0 <= self.validation_fraction < 1.0:
-            raise ValueError(f"validation fraction {self.validation_fraction} must lie in [0, 1)")
-        if self.select not in SELECTIONS:
-            raise ValueError(f"unknown selection {self.select!r}; choose from {list(SELECTIONS)}")
+            check_int(getattr(self, name), name, low=1)
+        check_int(self.seed, "seed", low=0)
+        check_float(self.reward_scale, "reward scale", 0.0, low_open=True)
+        if self.temperature is not None:
+            check_float(self.temperature, "temperature", 0.0)
+        check_float(self.validation_fraction, "validation fraction", 0.0, 1.0, high_open=True)
+        check_choice(self.select, "selection", SELECTIONS)
         if self.select != "last" and self.validation_fraction == 0:
             raise ValueError(f"select {self.select!r} needs a validation fraction above 0")
+        if not isinstance(self.device, str):
+            raise InvalidTypeError(f"device {self.device!r} must be a str such as 'cpu' or 'cuda:0'")
         resolve_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:

@@ -304,7 +304,7 @@ for _where, _make in (("h5", lambda f, v, r=0: _then(_set_h5(f, v, row=r), _drop
         (f"{_where}-obs-off-table", _make("observations/observation", 9.0, (0, 1)), "observation"),
         (f"{_where}-reward-nan", _make("rewards", NAN), "non-finite"),
         (f"{_where}-goal-kind", _make("infos/goal", 9, (slice(None), 0)), "goal"),
-        (f"{_where}-goal-self", _make("infos/goal", 1, (slice(None), 2)), "goal"),
+        (f"{_where}-goal-self", _make("infos/goal", [0, 2, 2, 0, -1, -1, -1, -1, -1, -1], slice(None)), "goal"),
         (f"{_where}-goal-level", _make("infos/goal", [1, 0, -1, 2, -1, -1, -1, -1, -1, -1], slice(None)), "goal"),
     ]
 for _name, _field, _value, _row, _needle in (
@@ -317,7 +317,7 @@ for _name, _field, _value, _row, _needle in (
     ("length-short", "lengths", 1, 0, "length"),
 ):
     CONTENT_DAMAGE += [
-        (f"index-{_name}", _set_index(_field, _value, _row), "checksum"),
+        (f"index-{_name}", _set_index(_field, _value, _row), _needle),
         (f"index-resealed-{_name}", _set_index(_field, _value, _row, reseal=True), _needle),
     ]
 CONTENT_DAMAGE += [
@@ -373,7 +373,7 @@ def dataset_cases() -> Iterator[Case]:
         needle = "at least one" if bad == [] else ("5" if bad == ["a", 5] else repr(bad)[:40])
         yield Case(f"loader/id-{bad!r:.30}", lambda w, b=bad: load_transitions(b), (needle,))
     for bad in (LONG_ID, "kalm/fuzz/absent-v0", "", "no-version"):
-        yield Case(f"verify/id-{bad:.30}", lambda w, b=bad: verified(b), (repr(bad)[:40],))
+        yield Case(f"verify/id-{bad:.30}", lambda w, b=bad: verified(b), (bad[:30] or "''",))
         yield Case(f"cli-info/id-{bad:.30}", lambda w, b=bad: cli("datasets", "info", b), (bad[:30],))
         yield Case(f"cli-verify/id-{bad:.30}", lambda w, b=bad: cli("datasets", "verify", b), (bad[:30],))
 
@@ -846,7 +846,7 @@ CLI_BAD: list[tuple[tuple[str, ...], str]] = [
     (("run", "--set", "evaluate.episodes=\"5\""), "evaluate.episodes"),
     (("run", "--set", "train.seeds=\"ab\""), "train.seeds"),
     (("run", "--threads", "0"), "threads"),
-    (("imagine", "--model", "/nonexistent/model", "--level", "easy", "--output", "kalm/fuzz/im-v0"), "/nonexistent/model"),
+    (("imagine", "--model", "/nonexistent/model", "--level", "easy", "--id", "kalm/fuzz/im-v0"), "/nonexistent/model"),
     (("imagine", "--model", "kalm-smollm2-v0", "--level", "medium"), "medium"),
     (("imagine", "--model", "kalm-smollm2-v0", "--level", "easy", "--episodes", "0"), "episodes"),
     (("ground", "--datasets", "kalm/fuzz/absent-v0", "--output", "g"), "absent-v0"),

@@ -8,6 +8,7 @@ from typing import Any
 
 from kalm.commands import add_json_flag
 from kalm_envs.collector import build_dataset
+from kalm_envs.dataset_checks import check_files, dataset_folder
 from kalm_envs.dataset_specs import get_spec, list_specs
 from kalm_envs.kalm_import import import_kalm
 from kalm_envs.minari_io import dataset_dir, datasets_root, read_metadata
@@ -67,14 +68,20 @@ def _build(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
 
 
 def _info(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
+    """The card, and for a built dataset its metadata, once its files pass
+    :func:`~kalm_envs.dataset_checks.check_files` (a damaged or foreign dataset is an error)."""
     specs = list_specs()
-    built = dataset_dir(args.id).exists()
-    if args.id not in specs and not built:
+    try:
+        folder = dataset_folder(args.id)
+    except FileNotFoundError:
+        folder = None
+    if args.id not in specs and folder is None:
         raise ValueError(f"dataset {args.id!r} has no spec and is not built; known ids: {sorted(specs)}")
     text = specs[args.id].card() if args.id in specs else f"# {args.id}\n"
-    summary: dict[str, Any] = {"id": args.id, "built": built}
-    if built:
-        metadata = read_metadata(args.id)
+    summary: dict[str, Any] = {"id": args.id, "built": folder is not None}
+    if folder is not None:
+        check_files(folder)
+        metadata = read_metadata(folder)
         summary.update({k: metadata.get(k) for k in ("total_episodes", "total_steps", "ref_min_score", "ref_max_score")})
         summary["provenance"] = metadata.get("kalm", {})
         text += "\n## This copy\n\n" + "\n".join(f"- {k}: {v}" for k, v in summary.items() if k != "id")

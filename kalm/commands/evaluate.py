@@ -8,6 +8,7 @@ from typing import Any
 
 from kalm.commands import add_json_flag
 from kalm_envs import ENV_IDS
+from kalm_envs.validation import check_float
 from kalm_rl.evaluation import (
     EVAL_SEED,
     RandomPolicy,
@@ -83,6 +84,8 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
         raise ValueError(f"--episodes {args.episodes} must be at least 1")
     if args.workers < 1:
         raise ValueError(f"--workers {args.workers} must be at least 1")
+    if args.temperature is not None:
+        check_float(args.temperature, "--temperature", 0.0)
     levels = list(ENV_IDS) if "all" in args.levels else list(dict.fromkeys(args.levels))
     groups, sources = _load_groups(args.policy, args.temperature)
     baselines = {"random": lambda: RandomPolicy(seed=args.seed),

@@ -10,12 +10,14 @@ optimisers with the same learning rate.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from kalm_envs.validation import InvalidTypeError, check_choice, check_float, check_int
 from kalm_rl.data import Batch
 from kalm_rl.networks import soft_update
 
@@ -35,13 +37,11 @@ class LearnerConfig:
     precision: str = "float32"
 
     def __post_init__(self) -> None:
-        self.hidden = tuple(int(w) for w in self.hidden)
-        if not self.hidden or min(self.hidden) < 1:
-            raise ValueError(f"hidden widths {self.hidden} must be positive")
-        if self.lr <= 0:
-            raise ValueError(f"learning rate {self.lr} must be positive")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision {self.precision!r} is not one of {PRECISIONS}")
+        if isinstance(self.hidden, str | bytes) or not isinstance(self.hidden, Sequence) or not self.hidden:
+            raise InvalidTypeError(f"hidden widths {self.hidden!r} must be a non-empty list of positive integers")
+        self.hidden = tuple(check_int(w, "hidden width", low=1) for w in self.hidden)
+        self.lr = check_float(self.lr, "learning rate", 0.0, low_open=True)
+        check_choice(self.precision, "precision", PRECISIONS)
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> LearnerConfig:
@@ -70,10 +70,8 @@ class QLearnerConfig(LearnerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0.0 <= self.gamma < 1.0:
-            raise ValueError(f"gamma {self.gamma} must lie in [0, 1)")
-        if not 0.0 < self.tau <= 1.0:
-            raise ValueError(f"tau {self.tau} must lie in (0, 1]")
+        self.gamma = check_float(self.gamma, "gamma", 0.0, 1.0, high_open=True)
+        self.tau = check_float(self.tau, "tau", 0.0, 1.0, low_open=True)
 
 
 class Learner(nn.Module):

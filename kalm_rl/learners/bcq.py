@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from kalm_envs.validation import check_float
 from kalm_rl.data import Batch
 from kalm_rl.learners.base import Learner, QLearnerConfig
 from kalm_rl.networks import gather, mlp, td_target
@@ -36,10 +37,8 @@ class BCQConfig(QLearnerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold {self.threshold} must lie in [0, 1]")
-        if self.q_temperature <= 0:
-            raise ValueError(f"q_temperature {self.q_temperature} must be positive")
+        self.threshold = check_float(self.threshold, "threshold", 0.0, 1.0)
+        self.q_temperature = check_float(self.q_temperature, "q_temperature", 0.0, low_open=True)
 
 
 class BCQ(Learner):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from kalm_envs.validation import check_float
 from kalm_rl.data import Batch
 from kalm_rl.learners.base import Learner, QLearnerConfig
 from kalm_rl.networks import gather, mlp, td_target
@@ -43,8 +44,7 @@ class CQLConfig(QLearnerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.alpha < 0:
-            raise ValueError(f"alpha {self.alpha} must not be negative")
+        self.alpha = check_float(self.alpha, "alpha", 0.0)
 
 
 class CQL(Learner):

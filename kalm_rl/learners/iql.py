@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from kalm_envs.validation import check_float
 from kalm_rl.data import Batch
 from kalm_rl.learners.base import Learner, QLearnerConfig
 from kalm_rl.networks import gather, mlp, td_target
@@ -34,10 +35,8 @@ class IQLConfig(QLearnerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0.0 < self.expectile < 1.0:
-            raise ValueError(f"expectile {self.expectile} must lie in (0, 1)")
-        if self.beta < 0:
-            raise ValueError(f"beta {self.beta} must not be negative")
+        self.expectile = check_float(self.expectile, "expectile", 0.0, 1.0, low_open=True, high_open=True)
+        self.beta = check_float(self.beta, "beta", 0.0)
 
 
 class IQL(Learner):
