@@ -241,10 +241,13 @@ def _validate(kind: GoalKind, clauses: tuple[Clause, ...]) -> None:
 
 
 def coerce_goal(goal: Goal | np.ndarray | Sequence[int]) -> Goal:
-    """Accept a :class:`Goal`, our ``(10,)`` array, or KALM's ``(6,)`` array."""
+    """Accept a :class:`Goal`, our ``(10,)`` array, or KALM's ``(6,)`` array (of numbers)."""
     if isinstance(goal, Goal):
         return goal
-    values = _numeric(goal, "goal")
+    try:
+        values = _numeric(goal, "goal")
+    except InvalidTypeError:
+        raise InvalidTypeError(f"goal {goal!r} is neither a Goal nor an array of numbers") from None
     if values.ndim == 1 and values.shape[0] == N_BALLS + 1:
         return Goal.from_kalm(values)
     if values.ndim == 1 and values.shape[0] == GOAL_ARRAY_LEN:

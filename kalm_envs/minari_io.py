@@ -44,6 +44,7 @@ NAME_MAX = 255  # longest file or folder name (bytes) of the usual file systems
 HDF5_FILE = Path("data") / "main_data.hdf5"
 INDEX_FILE = Path("data") / "kalm_index.npz"
 METADATA_KEY = "kalm"  # key of our provenance block in the Minari metadata
+INDEX_CHECKSUM_KEY = "index_checksum"  # key of index_checksum() in that block (datasets since issue 14)
 
 
 class DatasetError(ValueError):
@@ -102,36 +103,83 @@ def content_checksum(episodes: Sequence[Episode]) -> str:
 def packed_checksum(packed: dict[str, np.ndarray], source: str | Path = "packed episodes") -> str:
     """:func:`content_checksum` of packed episodes (:func:`kalm_envs.rollout.pack_episodes`): per
     episode its seed, instruction, goal, states, actions, rewards, terminations, truncations and
-    successes, each as its canonical dtype. Arrays are converted once; each episode's rows are
-    hashed as views, without copies. ``DatasetError`` naming ``source`` when the arrays do not fit
-    together (ragged, or values of another type)."""
+    successes, each as its canonical dtype. Hashed ``CHECKSUM_CHUNK`` episodes at a time, each
+    chunk's bytes gathered in one numpy indexing (no Python loop over episodes). ``DatasetError`` naming ``source`` when the
+    arrays do not fit together (ragged, or values of another type)."""
     try:
-        return _packed_digest(packed)
-    except (ValueError, TypeError, IndexError) as error:
+        lengths = np.asarray(packed["lengths"], dtype=np.int64)
+        fields = [np.ascontiguousarray(packed["seeds"], dtype=np.int64), None,
+                  np.ascontiguousarray(packed["goals"], dtype=np.int64),
+                  np.ascontiguousarray(packed["observations"], dtype=np.float32),
+                  *(np.ascontiguousarray(packed[k], dtype=d) for k, d in _STEP_DTYPES),
+                  np.ascontiguousarray(packed["successes"], dtype=np.bool_)]
+        texts = [str(text).encode() for text in packed["instructions"].tolist()]
+        rows = [np.ones_like(lengths), None, np.ones_like(lengths), lengths + 1, *[lengths] * len(_STEP_DTYPES),
+                lengths + 1]  # rows of each field per episode
+        digest = hashlib.sha256()
+        row_starts = [None if r is None else np.concatenate([[0], np.cumsum(r)]) for r in rows]
+        for first in range(0, len(lengths), CHECKSUM_CHUNK):
+            last = min(first + CHECKSUM_CHUNK, len(lengths))
+            parts, sizes = [], []
+            for field, starts in zip(fields, row_starts, strict=True):
+                if field is None:  # the instructions
+                    parts.append(np.frombuffer(b"".join(texts[first:last]), dtype=np.uint8))
+                    sizes.append(np.array([len(t) for t in texts[first:last]], dtype=np.int64))
+                    continue
+                if starts[-1] != len(field):
+                    raise ValueError(f"{len(field)} rows where the lengths make {starts[-1]}")
+                row_bytes = field[:1].nbytes if len(field) else 0
+                parts.append(field[starts[first] : starts[last]].reshape(-1).view(np.uint8))
+                sizes.append((starts[first + 1 : last + 1] - starts[first:last]) * row_bytes)
+            digest.update(_interleave(parts, np.stack(sizes, axis=1)))
+        return digest.hexdigest()
+    except (ValueError, TypeError, IndexError, KeyError) as error:
         raise DatasetError(f"{source}: malformed packed episodes ({error})") from error
 
 
-def _packed_digest(packed: dict[str, np.ndarray]) -> str:
-    lengths = np.asarray(packed["lengths"], dtype=np.int64)
-    steps = np.concatenate([[0], np.cumsum(lengths)])
-    states = steps + np.arange(len(lengths) + 1)
-    seeds = np.ascontiguousarray(packed["seeds"], dtype=np.int64)
-    goals = np.ascontiguousarray(packed["goals"], dtype=np.int64)
-    per_state = [np.ascontiguousarray(packed["observations"], dtype=np.float32)]
-    per_step = [np.ascontiguousarray(packed[k], dtype=d) for k, d in
-                (("actions", np.int64), ("rewards", np.float64), ("terminations", np.bool_), ("truncations", np.bool_))]
-    successes = np.ascontiguousarray(packed["successes"], dtype=np.bool_)
+def index_checksum(packed: dict[str, np.ndarray], source: str | Path = "packed episodes") -> str:
+    """SHA-256 over the packed arrays, each whole (shape, then bytes in its canonical dtype), in
+    :data:`~kalm_envs.rollout.PACKED_FIELDS` order: what :func:`read_packed` compares an index
+    with (a few ms for a large dataset, where :func:`packed_checksum` goes episode by episode).
+    ``DatasetError`` naming ``source`` when a field is missing or not of its kind."""
     digest = hashlib.sha256()
-    update = digest.update
-    for i, instruction in enumerate(packed["instructions"].tolist()):
-        update(seeds[i : i + 1])
-        update(str(instruction).encode())
-        update(goals[i])
-        update(per_state[0][states[i] : states[i + 1]])
-        for array in per_step:
-            update(array[steps[i] : steps[i + 1]])
-        update(successes[states[i] : states[i + 1]])
+    try:
+        for key in PACKED_FIELDS:
+            array = np.asarray(packed[key])
+            digest.update(f"{key}{array.shape}".encode())
+            if key == "instructions":
+                digest.update("\x00".join(array.astype(str).tolist()).encode())
+            else:
+                digest.update(np.ascontiguousarray(array, dtype=_CANONICAL[key]))
+    except (KeyError, ValueError, TypeError) as error:
+        raise DatasetError(f"{source}: malformed packed episodes ({error})") from error
     return digest.hexdigest()
+
+
+_CANONICAL = {"lengths": np.int64, "seeds": np.int64, "goals": np.int64, "observations": np.float32,
+              "successes": np.bool_, "actions": np.int64, "rewards": np.float64, "terminations": np.bool_,
+              "truncations": np.bool_}
+CHECKSUM_CHUNK = 4096
+"""Episodes hashed per gather in :func:`packed_checksum` (bounds its extra memory)."""
+_STEP_DTYPES = (("actions", np.int64), ("rewards", np.float64), ("terminations", np.bool_), ("truncations", np.bool_))
+
+
+def _interleave(parts: list[np.ndarray], sizes: np.ndarray) -> np.ndarray:
+    """The bytes of ``parts`` (one uint8 array per field) in episode-major order: episode 0's
+    segment of every field, then episode 1's... ``sizes``: ``(episodes, fields)`` bytes. One
+    gather: the source index of each output byte is a cumulative sum of steps that are 1 inside
+    a segment and jump to the next segment's start at its first byte."""
+    source = np.concatenate(parts)
+    field_base = np.concatenate([[0], np.cumsum([len(part) for part in parts])[:-1]])
+    flat = sizes.reshape(-1)
+    starts = ((np.cumsum(sizes, axis=0) - sizes) + field_base).reshape(-1)[flat > 0]
+    flat = flat[flat > 0]
+    out_starts = np.cumsum(flat) - flat
+    steps = np.ones(int(flat.sum()), dtype=np.int64)
+    steps[out_starts[1:]] = starts[1:] - (starts[:-1] + flat[:-1]) + 1
+    if len(steps):
+        steps[0] = starts[0]
+    return source[np.cumsum(steps)]
 
 
 @contextmanager
@@ -160,8 +208,10 @@ def write_dataset(
     """Create ``dataset_id`` from ``episodes``, atomically; return its folder.
 
     The dataset is assembled in ``staging_dir(dataset_id)``, renamed into place, and the staging
-    folder (with whatever a resumable build kept there) is removed. ``provenance`` (JSON-able) is stored under the ``kalm`` metadata key together with the episode
-    count and :func:`content_checksum`. ``ref_scores`` are the (random, expert) mean returns.
+    folder (with whatever a resumable build kept there) is removed. ``provenance`` (JSON-able) is
+    stored under the ``kalm`` metadata key together with :func:`content_checksum` (``checksum``)
+    and :func:`index_checksum` (``index_checksum``). ``ref_scores`` are the (random, expert) mean
+    returns.
     """
     final = dataset_dir(dataset_id)
     if final.exists():
@@ -185,8 +235,10 @@ def write_dataset(
             requirements=["kalm-gym"],
             data_format="hdf5",
         )
-        checksum = content_checksum(episodes)
-        dataset.storage.update_metadata({METADATA_KEY: {**provenance, "checksum": checksum}})
+        packed = pack_episodes(episodes)
+        checksum = packed_checksum(packed)
+        dataset.storage.update_metadata({METADATA_KEY: {**provenance, "checksum": checksum,
+                                                        INDEX_CHECKSUM_KEY: index_checksum(packed)}})
         save_episodes(work / dataset_id / INDEX_FILE, episodes, checksum=np.array(checksum))
     namespace = dataset_id.rsplit("/", 1)[0]
     with _minari_root(root):
@@ -249,12 +301,12 @@ def read_episodes(dataset_id_or_dir: str | Path) -> list[Episode]:
 
 
 def episode_count(dataset_id_or_dir: str | Path) -> int:
-    """How many ``episode_*`` groups the HDF5 file holds (opens it, reads no data); ``DatasetError``
+    """How many episode groups the HDF5 file holds (opens it, reads no data); ``DatasetError``
     naming the file when it does not open (truncated, not HDF5)."""
     path = hdf5_path(dataset_id_or_dir)
     try:
         with h5py.File(path, "r") as file:
-            return sum(1 for name in file if name.startswith("episode_"))
+            return len(file)  # Minari's root holds one group per episode and nothing else
     except OSError as error:
         raise DatasetError(f"{path} is truncated or corrupted: {error}") from error
 
@@ -282,7 +334,9 @@ def read_packed(
 ) -> dict[str, np.ndarray]:
     """A dataset's episodes as packed flat arrays (see :func:`kalm_envs.rollout.pack_episodes`),
     from ``kalm_index.npz`` when there is one (the HDF5 file is then only opened, to count its
-    episodes), else from the HDF5 file. ``check(packed)``, when given, runs before the checksum is
+    episodes), else from the HDF5 file. The content is compared with the metadata's checksum: an
+    index with :func:`index_checksum` (fast; datasets written since issue 14), else with
+    :func:`packed_checksum`. ``check(packed)``, when given, runs before the checksum is
     compared (:func:`kalm_envs.dataset_checks.read_dataset` passes its array checks, so that a
     damaged value is named, not only the checksum's mismatch).
 
@@ -291,24 +345,31 @@ def read_packed(
             fewer or more episodes than the index, or the content's checksum differs from the one
             stored in the metadata (a dataset written elsewhere has none, and is not compared).
     """
-    expected = stored_checksum(read_metadata(dataset_id_or_dir))
-    packed = read_index(dataset_id_or_dir)
+    hdf5 = hdf5_path(dataset_id_or_dir)
+    folder = hdf5.parent.parent
+    metadata = read_metadata(folder)
+    expected = stored_checksum(metadata)
+    packed = read_index(folder)
     if packed is None:
-        source, packed = hdf5_path(dataset_id_or_dir), pack_episodes(read_episodes(dataset_id_or_dir))
+        source, packed = hdf5, pack_episodes(read_episodes(folder))
     else:
-        source = hdf5_path(dataset_id_or_dir).parent.parent / INDEX_FILE
-        in_hdf5 = episode_count(dataset_id_or_dir)
+        source = folder / INDEX_FILE
+        in_hdf5 = episode_count(folder)
         if in_hdf5 != len(packed["lengths"]):
-            raise DatasetError(f"{hdf5_path(dataset_id_or_dir)} holds {in_hdf5} episodes but {source.name} "
+            raise DatasetError(f"{hdf5} holds {in_hdf5} episodes but {source.name} "
                                f"{len(packed['lengths'])}: an episode is missing; rebuild the dataset")
     if check is not None:
         check(packed)
-    if expected is not None:
+    if source.name == INDEX_FILE.name and INDEX_CHECKSUM_KEY in metadata.get(METADATA_KEY, {}):
+        actual, expected = index_checksum(packed, source), str(metadata[METADATA_KEY][INDEX_CHECKSUM_KEY])
+    elif expected is not None:
         actual = packed_checksum(packed, source)
-        if actual != expected:
-            raise DatasetError(f"{source}: the content's checksum {actual[:12]}... differs from the one in the "
-                               f"dataset's metadata ({expected[:12]}...): the file was changed or damaged after "
-                               f"it was written; rebuild the dataset")
+    else:
+        return packed  # written elsewhere: no checksum to compare with
+    if actual != expected:
+        raise DatasetError(f"{source}: the content's checksum {actual[:12]}... differs from the one in the "
+                           f"dataset's metadata ({expected[:12]}...): the file was changed or damaged after "
+                           f"it was written; rebuild the dataset")
     return packed
 
 

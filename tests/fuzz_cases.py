@@ -230,10 +230,10 @@ def _set_h5(field: str, value: Any, episode: int = 1, row: Any = 0) -> Callable[
 
 
 def _set_index(field: str, value: Any, row: Any = 0, reseal: bool = False) -> Callable[[Path], None]:
-    """Change one entry of the index; ``reseal``: store the new content's checksum in the index
+    """Change one entry of the index; ``reseal``: store the new content's checksums in the index
     and in the metadata too (a consistent but bad dataset, as a buggy writer would leave)."""
     def damage(copy: Path) -> None:
-        from kalm_envs.minari_io import content_checksum
+        from kalm_envs.minari_io import content_checksum, index_checksum
         from kalm_envs.rollout import load_packed, unpack_episodes
 
         packed = load_packed(_index(copy))
@@ -243,7 +243,8 @@ def _set_index(field: str, value: Any, row: Any = 0, reseal: bool = False) -> Ca
         if reseal:
             checksum = content_checksum(unpack_episodes(packed))
             packed["checksum"] = np.array(checksum)
-            _edit_metadata(copy, lambda m: m["kalm"].update(checksum=checksum))
+            index = index_checksum(packed)
+            _edit_metadata(copy, lambda m: m["kalm"].update(checksum=checksum, index_checksum=index))
         with open(_index(copy), "wb") as handle:
             np.savez(handle, **packed)
     return damage
@@ -365,6 +366,13 @@ def dataset_cases() -> Iterator[Case]:
                 "train", "--algorithm", "bc", "--datasets", c(w), "--updates", "1", "--output", w.folder / f"run-{n}"),
                 (needle,))
     yield Case("loader/base", lambda w: load_transitions(w.base()), accept=True)
+    # The loader reads a sound index and only opens the HDF5 file (to count its episodes), so a
+    # value changed inside the HDF5 file under an intact index is found by verify, not the loader.
+    tampered = _set_h5("rewards", 55.0)
+    yield Case("loader/h5-tampered-under-index", lambda w: load_transitions(w.corrupt("h5-under-index", tampered)),
+               accept=True)
+    yield Case("verify/h5-tampered-under-index", lambda w: verified(w.corrupt("h5-under-index", tampered)),
+               ("rewards", "checksum", "index"))
     yield Case("verify/base", lambda w: verified(w.base()), accept=True)
     yield Case("loader/no-index", lambda w: load_transitions(w.corrupt("no-index", _drop_index)), accept=True)
     yield Case("loader/no-checksum", lambda w: load_transitions(w.corrupt("no-checksum", lambda c: _edit_metadata(
