@@ -13,9 +13,12 @@ from kalm_envs.dataset_checks import check_packed, dataset_level
 from kalm_envs.goals import Goal
 from kalm_envs.minari_io import (
     HDF5_FILE,
+    INDEX_CHECKSUM_KEY,
     INDEX_FILE,
+    METADATA_KEY,
     DatasetError,
     hdf5_path,
+    index_checksum,
     packed_checksum,
     read_episodes,
     read_index,
@@ -115,16 +118,21 @@ def _check_index(
     dataset_id_or_dir: str | Path, packed: dict[str, np.ndarray] | None, level: str | None,
     metadata: dict[str, Any], report: VerifyReport,
 ) -> None:
-    """``kalm_index.npz``, when there is one, must read, pass the array checks and hold exactly
-    the HDF5 file's episodes."""
+    """``kalm_index.npz``, when there is one, must read, pass the array checks, hold exactly the
+    HDF5 file's episodes and match the metadata's ``index_checksum`` (when it has one)."""
     try:
         index = read_index(dataset_id_or_dir)
         if index is None:
             return
-        check_packed(index, level, metadata, INDEX_FILE.name)
-        if packed is None or packed_checksum(index, INDEX_FILE.name) != packed_checksum(packed):
+        path = hdf5_path(dataset_id_or_dir).parent / INDEX_FILE.name
+        check_packed(index, level, metadata, path)
+        if packed is None or packed_checksum(index, path) != packed_checksum(packed):
             report.fail("index", f"{INDEX_FILE.name} does not hold the episodes of {HDF5_FILE.name} (its checksum "
                                  f"differs): delete it, or rebuild the dataset")
+        fast = metadata.get(METADATA_KEY, {}).get(INDEX_CHECKSUM_KEY)
+        if fast is not None and index_checksum(index, path) != fast:
+            report.fail("index", f"{INDEX_FILE.name} does not match the metadata's {INDEX_CHECKSUM_KEY}, so every "
+                                 f"reader refuses it: rebuild the dataset")
     except DatasetError as error:
         report.fail("index", str(error))
 

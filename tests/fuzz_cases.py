@@ -331,6 +331,8 @@ CONTENT_DAMAGE += [
     ("missing-episode", _delete_episode, "episode"),
     ("h5-truncated", _bytes(lambda c: c / "data" / "main_data.hdf5", "truncate"), "main_data.hdf5"),
     ("h5-garbage", _bytes(lambda c: c / "data" / "main_data.hdf5", "garbage"), "main_data.hdf5"),
+    ("metadata-index-checksum", lambda c: _edit_metadata(c, lambda m: m["kalm"].update(index_checksum="0" * 64)),
+     "checksum"),
     ("metadata-episodes", lambda c: _edit_metadata(c, lambda m: m.update(total_episodes=7)), "episodes"),
     ("metadata-steps", lambda c: _edit_metadata(c, lambda m: m.update(total_steps=1)), "steps"),
     ("metadata-list", lambda c: _metadata_file(c).write_text("[1, 2]"), "metadata"),
