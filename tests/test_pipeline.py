@@ -172,6 +172,12 @@ def test_default_preset_imagines_with_the_published_model() -> None:
     from kalm.pipeline import resolve_settings
     from kalm_gen.published import DEFAULT_MODEL
 
+    from kalm_gen.imagine_dataset import model_checksum
+    from kalm_gen.published import resolve_model
+
     default, scratch = resolve_settings("default"), resolve_settings("scratch")
     assert default["ground"]["published"] == DEFAULT_MODEL and scratch["ground"]["published"] == ""
     assert {k: v for k, v in default.items() if k != "ground"} == {k: v for k, v in scratch.items() if k != "ground"}
+    # the model is pinned by its files, so republishing it under the same name redoes imagination
+    assert default["ground"]["published_sha256"] == model_checksum(resolve_model(DEFAULT_MODEL))
+    assert "published_sha256" not in scratch["ground"]

@@ -13,7 +13,7 @@ from typing import Any
 from kalm.pipeline.cache import run_stage
 from kalm.pipeline.presets import apply_override, get_preset
 from kalm.pipeline.report import write_run_report
-from kalm.pipeline.stages import STAGES, check_settings
+from kalm.pipeline.stages import STAGES, check_settings, pin_published_model
 
 MINARI_ENV = "MINARI_DATASETS_PATH"
 
@@ -34,11 +34,13 @@ def minari_root(path: Path) -> Iterator[Path]:
 
 
 def resolve_settings(preset: str, overrides: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
-    """The preset's settings with every ``stage.key=value`` override applied, checked."""
+    """The preset's settings with every ``stage.key=value`` override applied, checked, and a
+    published model pinned by its checksum (:func:`~kalm.pipeline.stages.pin_published_model`)."""
     settings = get_preset(preset)
     for override in overrides:
         apply_override(settings, override)
     check_settings(settings)
+    pin_published_model(settings)
     return settings
 
 

@@ -178,6 +178,18 @@ STAGES: dict[str, tuple[StageWork, tuple[str, ...]]] = {
 """Each stage's work and the stages it reads from, in the order they run."""
 
 
+def pin_published_model(settings: dict[str, dict[str, Any]]) -> None:
+    """Add ``ground.published_sha256`` (SHA-256 over the published model's files) when the ground
+    stage hands on a published model: the name alone would let a model republished under the same
+    name reuse imagination of the old one, while the checksum changes the ground stage's hash and
+    so every stage after it."""
+    if settings["ground"]["published"]:
+        from kalm_gen.imagine_dataset import model_checksum
+        from kalm_gen.published import resolve_model
+
+        settings["ground"]["published_sha256"] = model_checksum(resolve_model(settings["ground"]["published"]))
+
+
 def check_settings(settings: Mapping[str, dict[str, Any]]) -> None:
     """``ValueError`` naming the first bad setting, before any stage runs."""
     from kalm_rl.learners import learner_class
