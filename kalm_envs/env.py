@@ -34,7 +34,7 @@ from kalm_envs.predicates import (
     is_success,
     outcome_between,
 )
-from kalm_envs.validation import InvalidTypeError, check_choice, check_int
+from kalm_envs.validation import InvalidTypeError, check_choice, check_int, check_numbers
 
 #: Walls bound ball centres to x in [-0.47, 0.47], y in [-0.17, 0.57]; the box adds the reset slack.
 OBSERVATION_LOW = np.tile(np.array([-0.6, -0.3], dtype=np.float32), N_BALLS)
@@ -232,13 +232,7 @@ def check_action(action: Any) -> int:
 def check_initial_state(initial_state: Any) -> np.ndarray:
     """Validate a (10,) initial state of numbers: finite, every ball inside x [-0.5, 0.5],
     y [-0.3, 0.6]. Strings, booleans and other non-numbers are an ``InvalidTypeError``."""
-    try:
-        state = np.asarray(initial_state)
-    except ValueError:  # ragged
-        state = np.asarray(None)
-    if state.dtype.kind not in "iuf":
-        raise InvalidTypeError(f"initial_state {initial_state!r} must hold numbers, not {state.dtype} values")
-    state = state.astype(np.float64)
+    state = check_numbers(initial_state, "initial_state").astype(np.float64)
     if state.shape != (STATE_DIM,):
         raise ValueError(f"initial_state must have shape ({STATE_DIM},), got {state.shape}")
     if not np.all(np.isfinite(state)):

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from kalm_envs.physics import BALL_X_LIMITS, BALL_Y_LIMITS, COLORS, N_BALLS
-from kalm_envs.validation import InvalidTypeError
+from kalm_envs.validation import InvalidTypeError, check_numbers
 
 LEVELS: tuple[str, ...] = ("train", "rephrase", "easy", "hard")
 DIRECTION_NAMES: tuple[str, ...] = ("behind", "left", "front", "right")
@@ -123,7 +123,7 @@ class Goal:
     @classmethod
     def from_array(cls, array: np.ndarray | Sequence[int]) -> Goal:
         """Decode a ``(10,)`` goal array; ``ValueError`` names what is malformed."""
-        values = _numeric(array, "goal array")
+        values = check_numbers(array, "goal array")
         if values.shape != (GOAL_ARRAY_LEN,):
             raise ValueError(f"goal array must have shape ({GOAL_ARRAY_LEN},), got {values.shape}")
         if not np.issubdtype(values.dtype, np.integer):
@@ -148,7 +148,7 @@ class Goal:
 
         Flags: 1 = the ball to move (``a``), 2 = the reference ball (``b``), 0 = other balls.
         """
-        values = _numeric(kalm_goal, "KALM goal").astype(np.float64)
+        values = check_numbers(kalm_goal, "KALM goal").astype(np.float64)
         if values.shape != (N_BALLS + 1,):
             raise ValueError(f"a KALM goal has shape ({N_BALLS + 1},), got {values.shape}")
         flags, direction = values[:N_BALLS], values[N_BALLS]
@@ -169,18 +169,6 @@ class Goal:
         out = np.zeros(N_BALLS + 1, dtype=np.float32)
         out[a], out[b], out[N_BALLS] = 1, 2, d
         return out
-
-
-def _numeric(value: Any, what: str) -> np.ndarray:
-    """``value`` as an array of integers or floats; ``InvalidTypeError`` naming it otherwise (strings,
-    booleans, ``None`` or ragged nesting are never read as numbers)."""
-    try:
-        array = np.asarray(value)
-    except ValueError:  # ragged
-        array = np.asarray(None)
-    if array.dtype.kind not in "iuf":
-        raise InvalidTypeError(f"{what} {value!r} must hold numbers (integers), not {array.dtype} values")
-    return array
 
 
 def _clauses(clauses: Any) -> tuple[Clause, ...]:
@@ -245,7 +233,7 @@ def coerce_goal(goal: Goal | np.ndarray | Sequence[int]) -> Goal:
     if isinstance(goal, Goal):
         return goal
     try:
-        values = _numeric(goal, "goal")
+        values = check_numbers(goal, "goal")
     except InvalidTypeError:
         raise InvalidTypeError(f"goal {goal!r} is neither a Goal nor an array of numbers") from None
     if values.ndim == 1 and values.shape[0] == N_BALLS + 1:

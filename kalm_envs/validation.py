@@ -111,3 +111,16 @@ def check_paths(value: Any, name: str, allow_empty: bool = False) -> list[str]:
     if not items and not allow_empty:
         raise ValueError(f"{name} {list(value)!r} must name at least one dataset")
     return items
+
+
+def check_numbers(value: Any, name: str) -> np.ndarray:
+    """``value`` as a numpy array of integers or floats; ``InvalidTypeError`` naming it otherwise
+    (strings, booleans, ``None`` or ragged nesting are never read as numbers). Shape and range are
+    the caller's to check."""
+    try:
+        array = np.asarray(value)
+    except ValueError:  # ragged
+        array = np.asarray(None)
+    if array.dtype.kind not in "iuf":
+        raise InvalidTypeError(f"{name} {value!r} must hold numbers, not {array.dtype} values")
+    return array
