@@ -55,14 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; its exit status. A :data:`USER_ERRORS` error becomes status 2 and one line
-    on stderr, ``kalm COMMAND: error: MESSAGE`` (no traceback); argparse exits with 2 itself."""
+    """Run one command; its exit status. A :data:`USER_ERRORS` error, or running out of memory,
+    becomes status 2 and one line on stderr, ``kalm COMMAND: error: MESSAGE`` (no traceback);
+    argparse exits with 2 itself."""
     args = build_parser().parse_args(argv)
     try:
         report, text, code = COMMANDS[args.command].run(args)
     except USER_ERRORS as error:
         message = " ".join(str(error).split())  # one line
         print(f"kalm {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except MemoryError as error:  # sizes within the checked bounds can still exceed this machine's memory
+        detail = " ".join(str(error).split()) or "no detail"
+        print(f"kalm {args.command}: error: out of memory ({detail}); use fewer episodes or smaller batches",
+              file=sys.stderr)
         return 2
     print(text)
     if getattr(args, "json", False):

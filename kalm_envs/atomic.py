@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
+
+_TEMPORARY = re.compile(r"\..+\.tmp-(\d+)")
+"""Name of :func:`atomic_path`'s temporary file: ``.NAME.tmp-PID``."""
 
 
 @contextlib.contextmanager
@@ -14,7 +18,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     onto ``path`` in one step. On an error the temporary file is removed and ``path`` is untouched.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # matches _TEMPORARY
     try:
         yield tmp
         os.replace(tmp, path)
@@ -26,3 +30,25 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files :func:`atomic_path` left in ``folder`` when its process was
+    killed mid-write (those of processes still running are kept); return what was deleted."""
+    stale = []
+    for path in Path(folder).iterdir() if Path(folder).is_dir() else ():
+        match = _TEMPORARY.fullmatch(path.name)
+        if match and path.is_file() and int(match[1]) != os.getpid() and not _alive(int(match[1])):
+            path.unlink(missing_ok=True)
+            stale.append(path)
+    return stale

@@ -22,6 +22,7 @@ from kalm_envs.dataset_specs import DatasetSpec, package_version
 from kalm_envs.minari_io import dataset_dir, staging_dir, write_dataset
 from kalm_envs.oracle import oracle_episodes
 from kalm_envs.rollout import Episode, load_episodes, save_episodes
+from kalm_envs.validation import check_count
 
 REF_EPISODES = 100  # episodes behind each reference score
 REF_SEED_OFFSET = 10_000_000  # reference episodes use seeds far from the dataset's own
@@ -74,7 +75,7 @@ def build_dataset(
             "kalm_gen.imagine_dataset.write_imagined_dataset)"
         )
     if episodes is not None:
-        spec = replace(spec, episodes=episodes)
+        spec = replace(spec, episodes=check_count(episodes, "episodes"))
     if dataset_dir(spec.id).exists():
         raise FileExistsError(f"dataset {spec.id} already exists at {dataset_dir(spec.id)}")
     if workers < 1 or shard_size < 1:

@@ -22,7 +22,7 @@ from kalm_envs.physics import N_ACTIONS, N_BALLS, PUSH_DIRECTIONS, ClevrPhysics
 from kalm_envs.predicates import MOVE_MIN_DISPLACEMENT, is_success
 from kalm_envs.registration import ENV_IDS
 from kalm_envs.rollout import Episode, run_episode
-from kalm_envs.validation import check_int
+from kalm_envs.validation import check_count, check_int, check_seed
 
 RELATION_IDEAL_DISTANCE = 0.31  # m: centre of the allowed [0.26, 0.39) band between centres
 MOVE_MARGIN = 0.05  # m beyond the 0.15 m a move goal asks for
@@ -150,7 +150,8 @@ def oracle_episodes(
     if level not in ENV_IDS:
         raise ValueError(f"level {level!r} is not one of {tuple(ENV_IDS)}")
     check_int(workers, "workers", low=1)
-    seeds = [check_int(seed, "seed", low=0) for seed in seeds]
+    check_count(len(seeds), "episodes", low=0)
+    seeds = [check_seed(seed) for seed in seeds]
     chunks = [list(seeds[i : i + chunk_size]) for i in range(0, len(seeds), chunk_size)]
     bar = tqdm(total=len(seeds), desc=f"oracle {level}", unit="ep", disable=not progress)
     results: list[list[Episode]] = []

@@ -27,9 +27,11 @@ import numpy as np
 from kalm_envs.goals import EASY_GOALS, LEVELS, TRAIN_GOALS, Goal, sample_hard_goal
 from kalm_envs.language import instruction_variants
 from kalm_envs.text_encoders import TextEncoder
+from kalm_envs.validation import check_int, check_seed
 
 NEAR_DUPLICATE_COSINE = 0.99
 HARD_GOALS = 200
+MAX_HARD_GOALS = 10_000  # the similarity matrices grow with the square of the wordings compared
 MAX_WORDINGS = 40
 
 
@@ -64,7 +66,8 @@ def level_goals(level: str, hard_goals: int = HARD_GOALS, seed: int = 0) -> list
         return list(EASY_GOALS)
     if level != "hard":
         raise ValueError(f"level {level!r} is not one of {LEVELS}")
-    rng = np.random.default_rng(seed)
+    check_int(hard_goals, "hard_goals", 1, MAX_HARD_GOALS)
+    rng = np.random.default_rng(check_seed(seed))
     goals: dict[tuple, Goal] = {}
     for _ in range(100 * hard_goals):
         goal = sample_hard_goal(rng)

@@ -23,6 +23,16 @@ from typing import Any
 import numpy as np
 
 
+MAX_SEED = 2**32 - 1
+"""Largest seed: numpy's legacy seeding and most RL libraries take 32-bit seeds, and every offset
+the package adds to one (episode ``i`` of a run seeded ``s`` resets with ``s + i`` plus a fixed
+offset below 10**7) stays far below torch's 64-bit limit."""
+MAX_COUNT = 1_000_000
+"""Largest count of episodes, rollouts or goals, and largest batch: a million 50-step episodes of
+10-number states already fill 2 GB, and the KALM paper's largest dataset holds 100,000 episodes.
+A larger value is refused at once instead of exhausting memory (or time) later."""
+
+
 class InvalidTypeError(TypeError, ValueError):
     """A value of the wrong type; the message names the value, its type and what was expected."""
 
@@ -48,6 +58,16 @@ def check_int(value: Any, name: str, low: int | None = None, high: int | None = 
         bounds = f">= {low}" if high is None else (f"<= {high}" if low is None else f"in [{low}, {high}]")
         raise ValueError(f"{name} {number} must be an integer {bounds}")
     return number
+
+
+def check_seed(value: Any, name: str = "seed") -> int:
+    """``value`` as an ``int`` seed in ``[0, MAX_SEED]``."""
+    return check_int(value, name, 0, MAX_SEED)
+
+
+def check_count(value: Any, name: str, low: int = 1) -> int:
+    """``value`` as an ``int`` count or batch size in ``[low, MAX_COUNT]``."""
+    return check_int(value, name, low, MAX_COUNT)
 
 
 def check_float(

@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
-from kalm_envs.validation import check_choice, check_int
+from kalm_envs.validation import check_choice, check_float, check_int, check_str
 from kalm_gen.base_model import resolve_base_model
 from kalm_gen.sequences import ACTION_SLOT, STATE_SCALE, STATE_SLOT
 
@@ -41,6 +42,8 @@ STATE_HEADS = ("bounded", "delta")
 #: them in, as the simulator's walls do.
 BOX_LOW = torch.tensor([-0.485, -0.185] * 5)
 BOX_HIGH = torch.tensor([0.485, 0.585] * 5)
+_UNREADABLE = (OSError, ValueError, TypeError, KeyError, RuntimeError, SafetensorError)
+"""What reading a damaged model folder raises (JSON, config, safetensors and torch errors)."""
 _BOX_EDGE = 1e-3  # a state on (or past) the box edge counts as this far inside it (box fraction)
 CONFIG_FILE = "grounded_lm.json"
 HEADS_FILE = "heads.safetensors"
@@ -77,10 +80,18 @@ class GroundedLMConfig:
     state_head: str = "bounded"
 
     def __post_init__(self) -> None:
+        check_str(self.base_model, "base_model")
         check_choice(self.finetune, "finetune", ("lora", "full"))
+        for name in ("lora_rank", "lora_alpha", "head_hidden"):
+            check_int(getattr(self, name), name, low=1)
+        check_float(self.lora_dropout, "lora_dropout", 0.0, 1.0, high_open=True)
         check_choice(self.state_head, "state_head", STATE_HEADS)
         if self.num_layers is not None:
             check_int(self.num_layers, "num_layers", low=1)
+
+
+class ModelError(ValueError):
+    """A saved grounded LM's folder is damaged; the message names the folder and the error."""
 
 
 class GroundedLM(nn.Module):
@@ -142,12 +153,21 @@ class GroundedLM(nn.Module):
     def load(cls, folder: Path | str) -> GroundedLM:
         """Restore a model written by :meth:`save` (base weights come from ``base_model``), from
         its folder or by the name of a published model (:mod:`kalm_gen.published`)."""
-        from safetensors.torch import load_file
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         from kalm_gen.published import resolve_model
 
         folder = resolve_model(folder)
+        try:
+            return cls._load_folder(folder)
+        except _UNREADABLE as error:
+            raise ModelError(f"{folder} does not hold a readable grounded LM: {type(error).__name__}: "
+                             f"{error}") from error
+
+    @classmethod
+    def _load_folder(cls, folder: Path) -> GroundedLM:
+        """:meth:`load` of a folder; any of :data:`_UNREADABLE` when a file in it is damaged."""
+        from safetensors.torch import load_file
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
         values = json.loads((folder / CONFIG_FILE).read_text())
         values.setdefault("state_head", "delta")  # saved before bounded heads existed
         config = GroundedLMConfig(**values)

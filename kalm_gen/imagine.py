@@ -56,6 +56,7 @@ from kalm_envs.physics import STATE_DIM
 from kalm_envs.predicates import is_success, transition_outcome
 from kalm_envs.registration import ENV_IDS, EPISODE_STEPS
 from kalm_envs.rollout import Episode
+from kalm_envs.validation import check_count, check_seed
 from kalm_gen.sequences import ACTION_SLOT, STATE_SLOT, TEXT, rollout_prompt
 
 DEFAULT_BATCH_SIZE = 16
@@ -130,8 +131,8 @@ def level_tasks(level: str, episodes: int, seed: int) -> ImaginationTasks:
     import kalm_envs  # noqa: F401  (registers the env ids)
 
     check_level(level)
-    if episodes < 1:
-        raise ValueError(f"episodes {episodes} must be at least 1")
+    check_count(episodes, "episodes")
+    check_seed(seed)
     env = gym.make(ENV_IDS[level])
     seeds = np.arange(seed, seed + episodes, dtype=np.int64)
     goals, instructions, states = [], [], []
@@ -288,9 +289,11 @@ def _choose_actions(logits: torch.Tensor, temperature: float, generators: list[t
 
 def _check_inputs(
     goals: Any, instructions: Sequence[str], initial_states: Any, level: str, max_steps: int | None,
-    batch_size: int, temperature: float, seeds: Any,
+    batch_size: int, temperature: float, seed: int, seeds: Any,
 ) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray, int]:
     max_steps = check_max_steps(level, max_steps)
+    check_count(batch_size, "batch_size")
+    check_seed(seed, "sample seed")
     goal_arrays = np.stack([coerce_goal(g).to_array() for g in goals]) if len(goals) else np.zeros((0, GOAL_ARRAY_LEN), np.int64)
     instructions = [str(text) for text in instructions]
     states = np.asarray(initial_states, dtype=np.float32).reshape(-1, STATE_DIM) if len(initial_states) else np.zeros((0, STATE_DIM), np.float32)
@@ -300,8 +303,6 @@ def _check_inputs(
     if n and not state_valid(states).all():
         bad = np.flatnonzero(~state_valid(states)).tolist()
         raise ValueError(f"initial states {bad[:5]} are not finite or leave the workbench")
-    if batch_size < 1:
-        raise ValueError(f"batch_size {batch_size} must be at least 1")
     if not np.isfinite(temperature) or temperature < 0:
         raise ValueError(f"temperature {temperature} must be 0 (greedy) or positive")
     seeds = np.full(n, -1, dtype=np.int64) if seeds is None else np.asarray(seeds, dtype=np.int64)
@@ -316,7 +317,7 @@ def _generate(
     stop_early: bool, progress: bool,
 ) -> list[ImaginedEpisode]:
     goal_arrays, instructions, initial, seeds, max_steps = _check_inputs(
-        goals, instructions, initial_states, level, max_steps, batch_size, temperature, seeds
+        goals, instructions, initial_states, level, max_steps, batch_size, temperature, seed, seeds
     )
     n = len(goal_arrays)
     device = next(model.parameters()).device

@@ -59,7 +59,10 @@ from torch import nn
 
 from kalm_envs.atomic import atomic_write_text
 from kalm_envs.dataset_checks import dataset_level
-from kalm_envs.validation import InvalidTypeError, check_choice, check_float, check_int, check_path, check_paths
+from kalm_envs.torch_files import read_torch_file
+from kalm_envs.validation import (
+    InvalidTypeError, check_choice, check_count, check_float, check_int, check_path, check_paths, check_seed,
+)
 from kalm_gen.grounded_lm import GroundedLM, GroundedLMConfig, to_tensors
 from kalm_gen.grounding_data import (
     DEFAULT_TASK_WEIGHTS,
@@ -165,12 +168,13 @@ class GroundingTrainConfig:
         check_path(self.base_model, "base_model")
         check_choice(self.finetune, "finetune", ("lora", "full"))
         check_choice(self.schedule, "schedule", ("cosine", "constant"))
-        for name in ("lora_rank", "head_hidden", "batch_size", "steps", "eval_every", "checkpoint_every"):
+        for name in ("lora_rank", "head_hidden", "steps", "eval_every", "checkpoint_every"):
             check_int(getattr(self, name), name, low=1)
+        check_count(self.batch_size, "batch_size")
         for name in ("lora_alpha", "max_episodes", "pack_length"):
             if getattr(self, name) is not None:
                 check_int(getattr(self, name), name, low=1)
-        check_int(self.seed, "seed", low=0)
+        check_seed(self.seed)
         check_int(self.warmup_steps, "warmup_steps", low=0)
         check_float(self.lr, "lr", 0.0, low_open=True)
         check_float(self.weight_decay, "weight_decay", 0.0)
@@ -523,7 +527,7 @@ def _train(config: GroundingTrainConfig, progress: bool, stack: contextlib.ExitS
     if latest is not None:
         start_step, checkpoint = latest
         model = GroundedLM.load(checkpoint / "model")
-        state = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
+        state = read_torch_file(checkpoint / STATE_FILE, "grounding checkpoint", weights_only=False)
     else:
         model = GroundedLM.from_config(config.model_config(), seed=config.seed)
         state = None

@@ -37,7 +37,7 @@ import numpy as np
 from kalm_envs import ENV_IDS, N_ACTIONS, Goal
 from kalm_envs.atomic import atomic_path
 from kalm_envs.predicates import condition_status
-from kalm_envs.validation import check_int
+from kalm_envs.validation import check_count, check_int, check_seed
 
 __all__ = [
     "EVAL_SEED",
@@ -105,7 +105,7 @@ class RandomPolicy:
     label = "random"
 
     def __init__(self, seed: int = 0) -> None:
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
         self.rng = np.random.default_rng(self.seed)
 
     def reseed(self, seed: int) -> None:
@@ -202,8 +202,8 @@ class PolicyError(RuntimeError):
 def episode_seeds(episodes: int, seed: int = 0) -> np.ndarray:
     """``(episodes,)`` int64 reset seeds of a level's evaluation episodes (``episodes`` >= 1 and
     ``seed`` integers, Python or numpy)."""
-    episodes = check_int(episodes, "episodes", low=1)
-    return EVAL_SEED + check_int(seed, "seed") + np.arange(episodes, dtype=np.int64)
+    episodes = check_count(episodes, "episodes")
+    return EVAL_SEED + check_seed(seed) + np.arange(episodes, dtype=np.int64)
 
 
 def _checked_actions(actions: Any, count: int) -> np.ndarray:
@@ -375,7 +375,7 @@ def evaluate_policies(
     levels = [levels] if isinstance(levels, str) else list(levels)
     for level in levels:
         _check_level(level)
-    check_int(episodes, "episodes", low=1)
+    check_count(episodes, "episodes")
     if not groups:
         raise ValueError("no policy to evaluate: groups is empty")
     for name, policies in groups.items():

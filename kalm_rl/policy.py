@@ -8,7 +8,6 @@ instruction encoder's ``config()`` and the learner's weights. :func:`load_policy
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import torch
 
 from kalm_envs.atomic import atomic_path
 from kalm_envs.text_encoders import TextEncoder
+from kalm_envs.torch_files import read_torch_file
 from kalm_envs.validation import check_float
 from kalm_rl.data import policy_inputs
 from kalm_rl.learners import Learner, make_learner
@@ -91,14 +91,14 @@ def load_policy(path: str | Path, temperature: float | None = None) -> LearnerPo
     file = path / POLICY_FILE if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(f"no trained policy at {path} (expected {file}; has training finished?)")
-    try:
-        payload = torch.load(file, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
-        raise ValueError(f"{file} is not a kalm_rl policy file: {error}") from error
+    payload = read_torch_file(file, "kalm_rl policy file")
     keys = ("algorithm", "input_dim", "params", "state_dict", "temperature", "encoder", "label")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or any(k not in payload for k in keys):
         raise ValueError(f"{file} is not a kalm_rl policy file (format {FORMAT})")
-    learner = make_learner(payload["algorithm"], payload["input_dim"], payload["params"])
-    learner.load_state_dict(payload["state_dict"])
     saved = payload["temperature"] if temperature is None else temperature
-    return LearnerPolicy(learner, payload["encoder"], payload["label"], saved)
+    try:
+        learner = make_learner(payload["algorithm"], payload["input_dim"], payload["params"])
+        learner.load_state_dict(payload["state_dict"])
+        return LearnerPolicy(learner, payload["encoder"], payload["label"], saved)
+    except (ValueError, TypeError, KeyError, RuntimeError) as error:  # saved settings or weights that do not fit
+        raise ValueError(f"{file} holds a policy that cannot be rebuilt: {' '.join(str(error).split())[:300]}") from error

@@ -32,10 +32,13 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from kalm_envs.atomic import atomic_path, atomic_write_text
+from kalm_envs.atomic import atomic_path, atomic_write_text, remove_stale_temporaries
 from kalm_envs.loader import load_transitions
 from kalm_envs.text_encoders import DEFAULT_ENCODER, ENCODER_NAMES, make_encoder
-from kalm_envs.validation import InvalidTypeError, check_choice, check_float, check_int, check_path, check_paths
+from kalm_envs.torch_files import read_torch_file
+from kalm_envs.validation import (
+    InvalidTypeError, check_choice, check_count, check_float, check_int, check_path, check_paths, check_seed,
+)
 from kalm_rl.data import IMAGINED_EPISODES, Batch, OfflineData
 from kalm_rl.devices import resolve_device
 from kalm_rl.learners import Learner, learner_class, make_learner
@@ -109,9 +112,10 @@ class TrainConfig:
             check_float(self.real_fraction, "real fraction", 0.0, 1.0, low_open=True, high_open=True)
         check_choice(self.imagined_episodes, "imagined episodes", IMAGINED_EPISODES)
         check_choice(self.encoder, "encoder", sorted(ENCODER_NAMES))
-        for name in ("updates", "batch_size", "checkpoint_every", "log_every"):
+        for name in ("updates", "checkpoint_every", "log_every"):
             check_int(getattr(self, name), name, low=1)
-        check_int(self.seed, "seed", low=0)
+        check_count(self.batch_size, "batch_size")
+        check_seed(self.seed)
         check_float(self.reward_scale, "reward scale", 0.0, low_open=True)
         if self.temperature is not None:
             check_float(self.temperature, "temperature", 0.0)
@@ -137,15 +141,22 @@ class TrainConfig:
 
 
 def _check_output(config: TrainConfig, output: Path) -> None:
-    """Refuse a run folder that belongs to a different run; store the config in a new one."""
+    """Refuse a run folder that holds training of a different run; store the config. A folder
+    without a checkpoint holds no training (a run that failed before its first one, say with a
+    batch too large for memory), so its config is replaced. Temporary files of saves killed
+    mid-write are removed."""
     stored = output / CONFIG_FILE
-    if stored.is_file():
-        previous = TrainConfig.from_dict(json.loads(stored.read_text())).identity()
+    if stored.is_file() and (output / CHECKPOINT_FILE).is_file():
+        try:
+            previous = TrainConfig.from_dict(json.loads(stored.read_text())).identity()
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{stored} is unreadable ({error}); delete {output} or choose a new --output") from error
         changed = sorted(k for k, v in config.identity().items() if json.loads(json.dumps(v)) != previous.get(k))
         if changed:
             raise ValueError(f"{output} holds a different run (settings {changed} differ); "
                              "choose a new --output or delete it")
     output.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(output)
     atomic_write_text(stored, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
@@ -186,7 +197,7 @@ def _restore(output: Path, learner: Learner, generator: torch.Generator) -> tupl
     best = {figure: _Best() for figure in SELECT_SIGNS}
     if not file.is_file():
         return 0, best
-    state = torch.load(file, map_location="cpu", weights_only=True)
+    state = read_torch_file(file, "kalm train checkpoint")
     learner.load_state_dict(state["learner"])
     learner.optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["generator"])
@@ -275,7 +286,7 @@ def train_policy(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
     elapsed = time.perf_counter() - began
     selected = config.updates
     if config.select != "last":
-        learner.load_state_dict(torch.load(best_file(output, config.select), map_location="cpu", weights_only=True))
+        learner.load_state_dict(read_torch_file(best_file(output, config.select), "kalm train checkpoint"))
         selected = best[config.select].step
     save_policy(output, learner.cpu(), encoder, temperature=config.temperature)
     summary = {

@@ -1,6 +1,9 @@
 """The fuzz suite: every generated bad input of :mod:`tests.fuzz_cases` (over 900, across the env,
 goals, language, encoders, corrupt datasets, the KALM importer, configs, policies and the command
-line) must end in a clean error that names it, and every documented acceptance must be accepted."""
+line) and of :mod:`tests.fault_cases` (damaged policy, model and checkpoint files, seeds and sizes
+out of range, empty paths, every ``kalm run --set`` setting) must end in a clean error that names
+it, and every documented acceptance must be accepted. ``python -m tests.fuzz_report`` counts the
+outcomes (the figures quoted in issue notes)."""
 
 import contextlib
 import os
@@ -10,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.fault_cases import fault_cases
 from tests.fuzz_cases import LONG_ID, Workspace, all_cases, outcome
 from tests.helpers import temporary_minari_root
 
-CASES = all_cases()
+CASES = [*all_cases(), *fault_cases()]
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -31,7 +35,7 @@ def test_the_suite_is_large_enough():
     assert len(bad) >= 500 and len(CASES) - len(bad) >= 50
     assert {case.name.split("/")[0] for case in bad} >= {
         "env", "make", "goal", "language", "encoder", "loader", "verify", "importer", "train", "ground",
-        "policy", "cli", "cli-info", "cli-verify"}
+        "policy", "cli", "cli-info", "cli-verify", "cli-fault"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])

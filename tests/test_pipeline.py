@@ -12,7 +12,7 @@ import pytest
 
 from kalm.cli import main as kalm_main
 from kalm.pipeline import run_pipeline
-from kalm.pipeline.cache import MARKER, stage_hash
+from kalm.pipeline.cache import MARKER, run_stage, stage_hash
 from kalm.pipeline.stages import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,32 +119,78 @@ def test_stage_hash_follows_settings_and_upstream() -> None:
     assert len(base) == 12
 
 
-def test_a_killed_run_resumes(tmp_path) -> None:
-    """SIGKILL the run once its training stage has written a checkpoint; the rerun reuses the
-    stages before it, resumes training and writes the report."""
-    overrides = ["--set", "train.updates=3000", "--set", "train.checkpoint_every=100"]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "kalm.cli", "run", "--preset", "smoke", "--output-root", str(tmp_path), *overrides],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    stages = tmp_path / "smoke" / "stages"
-    deadline = time.monotonic() + 150
-    while (not list(stages.glob("train-*/policies/*/*/*/checkpoint.pt")) and process.poll() is None
-           and time.monotonic() < deadline):
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    train_dirs = list(stages.glob("train-*"))
-    assert len(train_dirs) == 1 and not (train_dirs[0] / MARKER).exists(), "killed too late"
-    assert not (tmp_path / "smoke" / "report.md").exists()
-    report = run_pipeline("smoke", overrides[1::2], output_root=tmp_path)
-    assert _reused(report) == {"data": True, "ground": True, "imagine": True, "train": False, "evaluate": False}
-    assert (tmp_path / "smoke" / "report.md").is_file()
-    policies = json.loads((train_dirs[0] / MARKER).read_text())["result"]["policies"]
-    assert list(policies) == list(TRAINED)
-    summaries = [json.loads((train_dirs[0] / relative / "summary.json").read_text())
-                 for folders in policies.values() for relative in folders]
-    assert any(summary["resumed_from"] > 0 for summary in summaries)  # training went on from a checkpoint
+KILL_OVERRIDES = ("train.updates=2000", "train.checkpoint_every=100")
+"""Smoke settings whose train stage lasts long enough (seconds) to be killed inside a policy."""
+KILL_POINTS = {
+    "data": "minari/.kalm-staging/*/plan.json",
+    "ground": "stages/ground-*/grounding/checkpoint-10",
+    "imagine": "minari/pipeline/imagine-*/*",
+    "train": "stages/train-*/policies/bc/real+imagined/seed-0/checkpoint.pt",
+    "evaluate": "stages/evaluate-*",
+}
+"""Per stage, a file (a glob under the run folder) that exists only once the stage has begun."""
+
+
+def _run_until(root: Path, pattern: str) -> None:
+    """Start ``kalm run`` (smoke, :data:`KILL_OVERRIDES`) in a process and SIGKILL it as soon as
+    ``pattern`` matches under the run folder; fail with its output if it ended before."""
+    sets = [word for override in KILL_OVERRIDES for word in ("--set", override)]
+    root.mkdir(exist_ok=True)
+    with open(root / "stderr.txt", "w+") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "kalm.cli", "run", "--preset", "smoke", "--output-root", str(root), *sets],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr,
+        )
+        deadline = time.monotonic() + 300
+        while not list((root / "smoke").glob(pattern)) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        process.send_signal(signal.SIGKILL)
+        if process.wait() != -signal.SIGKILL:
+            stderr.seek(0)
+            pytest.fail(f"kalm run ended (exit {process.returncode}) before {pattern} existed: {stderr.read()}")
+
+
+def _outcome(root: Path) -> dict[str, object]:
+    """What a run must reproduce exactly: every policy file's bytes, the evaluation files, and the
+    report data less what depends on the wall clock or the run's folder."""
+    run = root / "smoke"
+    files = {str(path.relative_to(run)): path.read_bytes()
+             for pattern in ("stages/train-*/policies/*/*/*/policy.pt", "stages/evaluate-*/evaluation.*")
+             for path in sorted(run.glob(pattern))}
+    report = json.loads((run / "report.json").read_text())
+    for key in ("seconds", "run", "files", "command", "stages"):
+        report.pop(key)
+    return {"files": files, "report": report}
+
+
+def test_a_run_killed_in_every_stage_resumes_to_the_same_result(tmp_path) -> None:
+    """SIGKILL ``kalm run`` once inside each stage in turn (a rerun each time, which reuses the
+    finished stages and resumes the killed one); the final rerun's policies, evaluation and report
+    data are byte for byte those of a run that was never interrupted."""
+    reference = run_pipeline("smoke", KILL_OVERRIDES, output_root=tmp_path / "reference")
+    killed = tmp_path / "killed"
+    for stage, pattern in KILL_POINTS.items():
+        _run_until(killed, pattern)
+        markers = {path.parent.name.split("-")[0] for path in (killed / "smoke" / "stages").glob(f"*/{MARKER}")}
+        assert markers == set(list(STAGES)[: list(STAGES).index(stage)]), f"not killed inside {stage}"
+    resumed = run_pipeline("smoke", KILL_OVERRIDES, output_root=killed)
+    assert not any(row["reused"] for row in reference["stages"].values())
+    assert [row["hash"] for row in resumed["stages"].values()] == [row["hash"] for row in reference["stages"].values()]
+    expected, got = _outcome(tmp_path / "reference"), _outcome(killed)
+    assert sorted(got["files"]) == sorted(expected["files"]) and len(expected["files"]) == len(TRAINED) + 3
+    assert [name for name in expected["files"] if got["files"][name] != expected["files"][name]] == []
+    assert got["report"] == expected["report"]
+
+
+def test_a_stage_hands_on_its_result_as_a_reused_stage_reads_it(tmp_path) -> None:
+    """The record of a stage that ran is the one a later run reads back from its marker: same
+    values, same key order (a dict's order decides the order of a policy's datasets)."""
+    work = lambda folder, settings, upstream: {"imagined": {"rephrase": "r", "easy": "e", "hard": "h"}, "n": (1, 2)}
+    fresh = run_stage(tmp_path, "imagine", {"x": 1}, {}, work)
+    reused = run_stage(tmp_path, "imagine", {"x": 1}, {}, work)
+    assert not fresh.reused and reused.reused
+    assert fresh.result == reused.result == {"imagined": {"rephrase": "r", "easy": "e", "hard": "h"}, "n": [1, 2]}
+    assert list(fresh.result["imagined"]) == list(reused.result["imagined"]) == ["rephrase", "easy", "hard"]
 
 
 @pytest.mark.parametrize(("extra", "named"), [

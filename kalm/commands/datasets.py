@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from kalm.commands import add_json_flag
+from kalm.commands import add_json_flag, path_argument
 from kalm_envs.collector import build_dataset
 from kalm_envs.dataset_checks import check_files, dataset_folder
 from kalm_envs.dataset_specs import get_spec, list_specs
@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     verify = sub.add_parser("verify", help="check a built dataset; exits non-zero on any failure")
     verify.add_argument("id")
     kalm = sub.add_parser("import-kalm", help="import KALM's released npy file as a Minari dataset")
-    kalm.add_argument("path", type=Path)
+    kalm.add_argument("path", type=path_argument)
     kalm.add_argument("id")
     for command in (build, info, verify, kalm):
         add_json_flag(command)

@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from kalm.commands import add_json_flag
+from kalm.commands import add_json_flag, path_argument
 from kalm_envs import ENV_IDS
-from kalm_envs.validation import check_float
+from kalm_envs.validation import check_count, check_float, check_seed
 from kalm_rl.evaluation import (
     EVAL_SEED,
     RandomPolicy,
@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help=f"episode i is reset with {EVAL_SEED} + seed + i"
     )
-    parser.add_argument("--output", type=Path, default=Path("runs/evaluate"), help="report folder")
+    parser.add_argument("--output", type=path_argument, default=Path("runs/evaluate"), help="report folder")
     parser.add_argument("--temperature", type=float,
                         help="acting temperature of the trained policies (default: each one's saved "
                              "temperature; 0 acts greedily)")
@@ -80,8 +80,8 @@ def _load_groups(specs: list[str], temperature: float | None) -> tuple[dict[str,
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
     if not args.policy and not args.baseline:
         raise ValueError("nothing to evaluate: give at least one --policy or --baseline")
-    if args.episodes < 1:
-        raise ValueError(f"--episodes {args.episodes} must be at least 1")
+    check_count(args.episodes, "--episodes")
+    check_seed(args.seed, "--seed")
     if args.workers < 1:
         raise ValueError(f"--workers {args.workers} must be at least 1")
     if args.temperature is not None:

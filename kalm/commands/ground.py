@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from kalm.commands import add_json_flag
+from kalm.commands import add_json_flag, path_argument
 
 HELP = "ground a language model in CLEVR-Robot (rollout, explanation and dynamics tasks)"
 
@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="sequences per step and process")
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--warmup-steps", type=int, default=0)
-    parser.add_argument("--output", required=True, help="run folder: checkpoints, log.jsonl, final/")
+    parser.add_argument("--output", required=True, type=path_argument,
+                        help="run folder: checkpoints, log.jsonl, final/")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--checkpoint-every", type=int, default=100)
@@ -67,7 +68,7 @@ def config_from_args(args: argparse.Namespace):
     from kalm_gen.train import GroundingTrainConfig
 
     return GroundingTrainConfig(
-        datasets=list(args.datasets), output=args.output, base_model=args.base_model,
+        datasets=list(args.datasets), output=str(args.output), base_model=args.base_model,
         finetune=args.finetune, lora_rank=args.lora_rank, head_hidden=args.head_hidden, lr=args.lr,
         warmup_steps=args.warmup_steps, batch_size=args.batch_size, steps=args.steps,
         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, seed=args.seed,

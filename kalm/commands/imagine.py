@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from kalm.commands import add_json_flag
+from kalm.commands import add_json_flag, path_argument
 from kalm_envs.dataset_specs import published_id
 from kalm_envs.minari_io import read_metadata
 from kalm_envs.verify import verify_dataset
@@ -18,7 +18,7 @@ HELP = "imagine rollouts for a level's goals with a grounded LM and write them a
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", type=Path, default=Path(DEFAULT_MODEL),
+    parser.add_argument("--model", type=path_argument, default=Path(DEFAULT_MODEL),
                         help=f"a published grounded model (default {DEFAULT_MODEL}) or a folder "
                              "written by GroundedLM.save")
     parser.add_argument("--level", choices=IMAGINED_LEVELS, required=True)

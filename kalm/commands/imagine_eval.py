@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from kalm.commands import add_json_flag
+from kalm.commands import add_json_flag, path_argument
 from kalm.commands.imagine import set_threads
 from kalm_gen.imagine import DEFAULT_BATCH_SIZE
 from kalm_gen.imagine_dataset import IMAGINED_LEVELS
@@ -17,7 +17,7 @@ HELP = "imagination quality of a grounded LM: goal match, simulator consistency,
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", type=Path, default=Path(DEFAULT_MODEL),
+    parser.add_argument("--model", type=path_argument, default=Path(DEFAULT_MODEL),
                         help=f"a published grounded model (default {DEFAULT_MODEL}) or a folder "
                              "written by GroundedLM.save")
     parser.add_argument("--levels", nargs="+", choices=IMAGINED_LEVELS, default=list(IMAGINED_LEVELS))

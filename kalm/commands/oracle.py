@@ -11,10 +11,11 @@ import gymnasium as gym
 import numpy as np
 from PIL import Image
 
-from kalm.commands import add_json_flag
+from kalm.commands import add_json_flag, path_argument
 from kalm_envs import ENV_IDS, Goal
 from kalm_envs.oracle import oracle_episodes
 from kalm_envs.rollout import Episode
+from kalm_envs.validation import check_count, check_seed
 
 HELP = "run the scripted oracle on seeded episodes and report its success rate per level"
 
@@ -25,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="episode i is reset with seed + i")
     parser.add_argument("--epsilon", type=float, default=0.0, help="random-push probability")
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
-    parser.add_argument("--frame", type=Path, help="save a PNG of each level's first episode end")
+    parser.add_argument("--frame", type=path_argument, help="save a PNG of each level's first episode end")
     add_json_flag(parser)
 
 
@@ -54,8 +55,8 @@ def render_episode_end(level: str, episode: Episode, size: int = 256) -> np.ndar
 
 
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
-    if args.episodes < 1:
-        raise ValueError(f"--episodes {args.episodes} must be at least 1")
+    check_count(args.episodes, "--episodes")
+    check_seed(args.seed, "--seed")
     levels = list(ENV_IDS) if args.level == "all" else [args.level]
     seeds = list(range(args.seed, args.seed + args.episodes))
     report: dict[str, Any] = {"command": "oracle", "seed": args.seed, "epsilon": args.epsilon}

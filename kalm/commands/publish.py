@@ -17,19 +17,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from kalm.commands import add_json_flag
+from kalm.commands import add_json_flag, path_argument
+from kalm_envs.validation import check_count
 
 HELP = "ship a finished grounding run as a named model (kalm_gen/models/NAME) with its model card"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", type=Path, help="output folder of a finished kalm ground run")
+    parser.add_argument("run_dir", type=path_argument, help="output folder of a finished kalm ground run")
     parser.add_argument("--name", required=True, help="model name, e.g. kalm-smollm2-v0")
     parser.add_argument("--checkpoint", type=int, metavar="STEP",
                         help="publish the run's complete checkpoint of this step instead of its final model")
     parser.add_argument("--episodes", type=int, default=50, help="imagined rollouts per level for the quality table")
     parser.add_argument("--real-episodes", type=int, default=50, help="held-out real episodes explained")
-    parser.add_argument("--destination", type=Path, help="models folder (default: the package's kalm_gen/models)")
+    parser.add_argument("--destination", type=path_argument, help="models folder (default: the package's kalm_gen/models)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     add_json_flag(parser)
 
@@ -155,8 +156,8 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
     from kalm_gen.quality import imagination_quality
 
     set_threads(args.threads)
-    if args.episodes < 1 or args.real_episodes < 1:
-        raise ValueError(f"--episodes {args.episodes} and --real-episodes {args.real_episodes} must be at least 1")
+    check_count(args.episodes, "--episodes")
+    check_count(args.real_episodes, "--real-episodes")
     model_dir, summary = _model_and_summary(args.run_dir, args.checkpoint)
     config = json.loads((args.run_dir / "grounding_config.json").read_text())
     seeds = held_out_seeds(config)

@@ -7,7 +7,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from kalm.commands import add_json_flag
+from kalm.commands import add_json_flag, path_argument
 from kalm.pipeline.presets import PRESETS
 
 HELP = "run the whole KALM pipeline from one preset, reusing finished stages, and write a report"
@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="change one setting of the preset, the value as JSON (repeatable), "
                              "e.g. evaluate.episodes=50 or 'train.algorithms=[\"bc\",\"iql\"]'")
     parser.add_argument("--name", help="run folder name (default: the preset's name)")
-    parser.add_argument("--output-root", type=Path, default=Path("runs"), help="folder of the runs")
+    parser.add_argument("--output-root", type=path_argument, default=Path("runs"), help="folder of the runs")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: on a small shared CPU more is slower)")
     add_json_flag(parser)

@@ -6,10 +6,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from kalm.commands import add_json_flag
+from kalm.commands import add_json_flag, path_argument
 from kalm_envs import LEVELS
-from kalm_envs.separation import HARD_GOALS, MAX_WORDINGS, NEAR_DUPLICATE_COSINE, markdown_table, separation
+from kalm_envs.separation import (
+    HARD_GOALS, MAX_HARD_GOALS, MAX_WORDINGS, NEAR_DUPLICATE_COSINE, markdown_table, separation,
+)
 from kalm_envs.text_encoders import DEFAULT_ENCODER, ENCODER_NAMES, TextEncoder, make_encoder
+from kalm_envs.validation import check_int, check_seed
 
 HELP = "count, per level and encoder, instructions that embed like those of another goal"
 
@@ -17,7 +20,7 @@ HELP = "count, per level and encoder, instructions that embed like those of anot
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--encoder", action="append", default=[], choices=ENCODER_NAMES,
                         help=f"encoder to measure (repeatable; default: {DEFAULT_ENCODER} and hashed)")
-    parser.add_argument("--policy", action="append", default=[], type=Path, metavar="DIR",
+    parser.add_argument("--policy", action="append", default=[], type=path_argument, metavar="DIR",
                         help="also measure the encoder saved with this trained policy (repeatable)")
     parser.add_argument("--levels", nargs="+", choices=[*LEVELS, "all"], default=["all"])
     parser.add_argument("--threshold", type=float, default=NEAR_DUPLICATE_COSINE,
@@ -43,8 +46,8 @@ def _encoders(args: argparse.Namespace) -> list[TextEncoder]:
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
     if not -1.0 <= args.threshold <= 1.0:
         raise ValueError(f"--threshold {args.threshold} must lie in [-1, 1]")
-    if args.hard_goals < 1:
-        raise ValueError(f"--hard-goals {args.hard_goals} must be at least 1")
+    check_int(args.hard_goals, "--hard-goals", 1, MAX_HARD_GOALS)
+    check_seed(args.seed, "--seed")
     levels = list(LEVELS) if "all" in args.levels else list(dict.fromkeys(args.levels))
     encoders = _encoders(args)
     rows = [separation(encoder, level, args.threshold, args.hard_goals, args.max_wordings, args.seed)

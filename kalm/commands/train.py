@@ -10,7 +10,7 @@ import argparse
 from typing import Any
 
 from kalm.assignments import parse_assignment
-from kalm.commands import add_json_flag
+from kalm.commands import add_json_flag, path_argument
 from kalm_envs.text_encoders import DEFAULT_ENCODER, ENCODER_NAMES
 
 HELP = "train an offline learner (bc, cql, iql, bcq) on real and imagined Minari datasets"
@@ -63,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--select", default="last",
                         help="weights saved as the policy: last (default), or those at the lowest val_loss "
                              "or the highest val_agreement (needs --validation-fraction)")
-    parser.add_argument("--output", required=True, help="run folder: config, checkpoint, log.jsonl, policy.pt")
+    parser.add_argument("--output", required=True, type=path_argument,
+                        help="run folder: config, checkpoint, log.jsonl, policy.pt")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--no-progress", action="store_true")
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
         algorithm=args.algorithm, datasets=list(args.datasets), imagined=list(args.imagined),
         real_fraction=args.ratio, imagined_episodes=args.imagined_episodes, encoder=args.encoder, params=dict(args.param), updates=args.updates,
         batch_size=args.batch_size, reward_scale=args.reward_scale, seed=args.seed,
-        checkpoint_every=args.checkpoint_every, log_every=args.log_every, output=args.output,
+        checkpoint_every=args.checkpoint_every, log_every=args.log_every, output=str(args.output),
         temperature=args.temperature, validation_fraction=args.validation_fraction, select=args.select,
         device=args.device,
     )

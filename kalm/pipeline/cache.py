@@ -6,7 +6,9 @@ of the stages it reads from. So a changed setting changes the hash of its stage 
 stage downstream of it, and only those are redone; the others' folders are found complete.
 
 ``complete.json`` (the marker) is written last and atomically; it holds the settings, the
-upstream hashes, the seconds the work took and the stage's JSON result. A folder without the
+upstream hashes, the seconds the work took and the stage's JSON result, its keys in the order the
+work made them. The record handed downstream is that result as read back from JSON, in a run that
+did the work as in one that found it done, so a resumed run sees the same values in the same order. A folder without the
 marker is an unfinished stage: its work is run again in the same folder, where the grounding and
 training runs resume from their checkpoints and the dataset builds keep their finished shards.
 Paths in a result are relative (to the stage folder, or Minari ids under the run's root), so a
@@ -78,11 +80,11 @@ def run_stage(
         return StageRecord(stage, key, folder, True, time.perf_counter() - started, stored["seconds"],
                            stored["result"])
     folder.mkdir(parents=True, exist_ok=True)
-    result = work(folder, settings, upstream)
+    result = json.loads(json.dumps(work(folder, settings, upstream)))  # as a reused stage reads it back
     seconds = time.perf_counter() - started
     atomic_write_text(marker, json.dumps({
         "stage": stage, "hash": key, "settings": settings,
         "upstream": {name: record.hash for name, record in upstream.items()},
         "seconds": seconds, "finished": time.time(), "result": result,
-    }, indent=2, sort_keys=True) + "\n")
+    }, indent=2) + "\n")
     return StageRecord(stage, key, folder, False, seconds, seconds, result)

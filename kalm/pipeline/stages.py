@@ -20,6 +20,7 @@ from kalm_envs import ENV_IDS
 from kalm_envs.collector import build_dataset
 from kalm_envs.dataset_specs import NAMESPACE, get_spec, published_id
 from kalm_envs.minari_io import dataset_dir, read_metadata
+from kalm_envs.validation import check_count, check_int, check_seed, check_str
 from kalm_gen.imagine_dataset import IMAGINED_LEVELS
 
 REAL_SPEC = f"{NAMESPACE}/real-v0"
@@ -34,6 +35,13 @@ TRAIN_KEYS = ("real_fraction", "imagined_episodes", "encoder", "updates", "batch
 def _dataset_id(folder: Path, spec_id: str) -> str:
     """The id in ``folder``'s namespace of a dataset made like the published ``spec_id``."""
     return f"pipeline/{folder.name}/{spec_id.rsplit('/', 1)[1]}"
+
+
+def in_level_order(per_level: Mapping[str, Any]) -> list[Any]:
+    """The values of a ``{level: value}`` mapping of the imagined levels, in
+    :data:`~kalm_gen.imagine_dataset.IMAGINED_LEVELS` order whatever the mapping's own order (the
+    order of a policy's datasets is part of its training run)."""
+    return [per_level[level] for level in IMAGINED_LEVELS]
 
 
 def build_data(folder: Path, settings: dict[str, Any], upstream: Mapping[str, StageRecord]) -> dict[str, Any]:
@@ -138,8 +146,8 @@ def train(folder: Path, settings: dict[str, Any], upstream: Mapping[str, StageRe
     from kalm_rl.trainer import train_policy
 
     data = upstream["data"].result
-    extra = {"real": [], "real+imagined": list(upstream["imagine"].result["imagined"].values()),
-             "real+oracle": list(data["oracle"].values())}
+    extra = {"real": [], "real+imagined": in_level_order(upstream["imagine"].result["imagined"]),
+             "real+oracle": in_level_order(data["oracle"])}
     policies: dict[str, list[str]] = {}
     for algorithm in settings["algorithms"]:
         for source in SOURCES:
@@ -191,27 +199,77 @@ def pin_published_model(settings: dict[str, dict[str, Any]]) -> None:
 
 
 def check_settings(settings: Mapping[str, dict[str, Any]]) -> None:
-    """``ValueError`` naming the first bad setting, before any stage runs."""
-    from kalm_rl.learners import learner_class
+    """``ValueError`` naming the stage and the first bad setting, before any stage runs: every
+    count, size, seed and name of every stage is checked here, not when its stage comes."""
+    for stage, check in _SETTING_CHECKS.items():
+        try:
+            check(settings[stage], settings)
+        except (ValueError, TypeError, OSError) as error:
+            message = " ".join(str(error).split())
+            raise ValueError(message if message.startswith(f"{stage}.") else f"{stage} settings: {message}") from error
 
-    for name, value in (("data.real_episodes", settings["data"]["real_episodes"]),
-                        ("data.oracle_episodes", settings["data"]["oracle_episodes"]),
-                        ("imagine.episodes", settings["imagine"]["episodes"]),
-                        ("imagine.quality_episodes", settings["imagine"]["quality_episodes"]),
-                        ("evaluate.episodes", settings["evaluate"]["episodes"]),
-                        ("evaluate.workers", settings["evaluate"]["workers"])):
-        if value < 1:
-            raise ValueError(f"{name} {value} must be at least 1")
-    if settings["ground"]["published"]:
+
+def _check_data(data: dict[str, Any], settings: Mapping[str, dict[str, Any]]) -> None:
+    for key in ("real_episodes", "oracle_episodes", "ref_episodes"):
+        check_count(data[key], f"data.{key}")
+    check_int(data["workers"], "data.workers", low=1)
+
+
+def _check_ground(ground: dict[str, Any], settings: Mapping[str, dict[str, Any]]) -> None:
+    if ground["published"]:
         from kalm_gen.published import resolve_model
 
-        resolve_model(settings["ground"]["published"])
-    held_out = settings["ground"]["held_out"]
-    if not 0 <= held_out < settings["data"]["real_episodes"]:
-        raise ValueError(f"ground.held_out {held_out} must lie in [0, data.real_episodes)")
-    grounding_config(settings["ground"], "data", Path("."), "model", settings["data"]["real_episodes"]).validate()
-    if not settings["train"]["algorithms"] or not settings["train"]["seeds"]:
-        raise ValueError("train.algorithms and train.seeds must not be empty")
-    for algorithm in settings["train"]["algorithms"]:
+        resolve_model(ground["published"])
+        return
+    _check_base_model(ground["base_model"])
+    real_episodes = settings["data"]["real_episodes"]
+    held_out = check_int(ground["held_out"], "ground.held_out", low=0)
+    if held_out >= real_episodes:
+        raise ValueError(f"ground.held_out {held_out} must lie in [0, data.real_episodes = {real_episodes})")
+    grounding_config(ground, "data", Path("."), "model", real_episodes).validate()
+
+
+def _check_base_model(value: Any) -> None:
+    """The ground stage's base model: ``tiny``, the embedded SmolLM2 (installed), a ``.gguf`` file
+    or a model folder; nothing is converted here."""
+    from kalm_gen.base_model import DEFAULT_BASE_MODEL, default_gguf_path, resolve_base_model
+
+    check_str(value, "ground.base_model")
+    if value == "tiny":
+        return
+    if value == DEFAULT_BASE_MODEL:
+        default_gguf_path()
+    elif not (value.endswith(".gguf") and Path(value).is_file()):
+        resolve_base_model(value, progress=False)
+
+
+def _check_imagine(imagine: dict[str, Any], settings: Mapping[str, dict[str, Any]]) -> None:
+    for key in ("episodes", "batch_size", "ref_episodes", "quality_episodes"):
+        check_count(imagine[key], f"imagine.{key}")
+    check_int(imagine["workers"], "imagine.workers", low=1)
+
+
+def _check_train(train: dict[str, Any], settings: Mapping[str, dict[str, Any]]) -> None:
+    from kalm_rl.learners import learner_class
+
+    algorithms, seeds = train["algorithms"], train["seeds"]
+    if not algorithms or not seeds:
+        raise ValueError(f"train.algorithms {algorithms} and train.seeds {seeds} must not be empty")
+    seeds = [check_seed(seed, "train.seeds item") for seed in seeds]
+    for values, name in ((algorithms, "train.algorithms"), (seeds, "train.seeds")):
+        if len(set(map(str, values))) != len(values):
+            raise ValueError(f"{name} {values} name one twice: each trains its own policies")
+    for algorithm in algorithms:
         learner_class(algorithm)
-        train_config(settings["train"], algorithm, 0, "real", ["imagined"], Path(".")).validate()
+        train_config(train, algorithm, seeds[0], "real", ["imagined"], Path(".")).validate()
+
+
+def _check_evaluate(evaluate: dict[str, Any], settings: Mapping[str, dict[str, Any]]) -> None:
+    check_count(evaluate["episodes"], "evaluate.episodes")
+    check_seed(evaluate["seed"], "evaluate.seed")
+    check_int(evaluate["workers"], "evaluate.workers", low=1)
+
+
+_SETTING_CHECKS = {"data": _check_data, "ground": _check_ground, "imagine": _check_imagine, "train": _check_train,
+                   "evaluate": _check_evaluate}
+"""Per stage, the check of its settings (given all settings, for those that depend on another stage's)."""
