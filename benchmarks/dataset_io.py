@@ -63,7 +63,8 @@ def main() -> None:
         args.dataset = "kalm/clevr-robot/real-v0"
         build_dataset(get_spec(args.dataset), episodes=args.build_episodes, workers=2, ref_episodes=10)
     from kalm_envs.loader import load_transitions
-    from kalm_envs.minari_io import INDEX_FILE, dataset_dir
+    from kalm_envs.dataset_paths import dataset_dir
+    from kalm_envs.minari_io import INDEX_FILE
 
     no_index = scratch / "no-index"
     shutil.copytree(dataset_dir(args.dataset), no_index)

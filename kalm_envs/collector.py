@@ -4,7 +4,8 @@ A build works in ``staging_dir(id)``: it writes ``plan.json`` (the settings), th
 shard per ``shard_size`` episodes, then the reference-score episodes, and finally the Minari
 dataset, which is renamed into place. Killing a build loses at most the shard in progress; the
 next build with the same settings reuses the finished shards. Nothing is visible under the
-dataset id until the final rename.
+dataset id until the final rename. A build holds the id's build lock throughout
+(:mod:`kalm_envs.dataset_paths`): a second build of the same id fails at once, naming the first.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import mujoco
 import numpy as np
 from tqdm.auto import tqdm
 
+from kalm_envs.atomic import atomic_write_text
+from kalm_envs.dataset_paths import check_dataset_id, dataset_build
 from kalm_envs.dataset_specs import DatasetSpec, package_version
-from kalm_envs.minari_io import dataset_dir, staging_dir, write_dataset
+from kalm_envs.minari_io import write_dataset
 from kalm_envs.oracle import oracle_episodes
 from kalm_envs.rollout import Episode, load_episodes, save_episodes
 from kalm_envs.validation import check_count
@@ -63,11 +66,15 @@ def build_dataset(
 ) -> Path:
     """Build ``spec.id`` (with ``episodes`` instead of the spec's count if given); return its folder.
 
-    ``ref_episodes`` random-policy and oracle episodes set the reference scores.
+    ``ref_episodes`` random-policy and oracle episodes set the reference scores. The build holds
+    the id's build lock (:mod:`kalm_envs.dataset_paths`) from start to end.
 
-    Raises ``FileExistsError`` if the dataset already exists, ``ValueError`` for an imagined
-    dataset (its rollouts come from a grounded LM: ``kalm datasets build`` runs it).
+    Raises ``FileExistsError`` if the dataset already exists, ``DatasetBusyError`` (an
+    ``OSError``) while another process builds it, ``ValueError`` for a bad id or setting or an
+    imagined dataset (its rollouts come from a grounded LM: ``kalm datasets build`` runs it), and
+    ``OSError`` naming the file when a write fails (the finished shards stay for a resumed build).
     """
+    check_dataset_id(spec.id)
     if spec.source != "oracle":
         raise ValueError(
             f"dataset {spec.id} is imagined by the grounded LM {spec.model}, not collected in the "
@@ -76,44 +83,55 @@ def build_dataset(
         )
     if episodes is not None:
         spec = replace(spec, episodes=check_count(episodes, "episodes"))
-    if dataset_dir(spec.id).exists():
-        raise FileExistsError(f"dataset {spec.id} already exists at {dataset_dir(spec.id)}")
-    if workers < 1 or shard_size < 1:
-        raise ValueError(f"workers {workers} and shard_size {shard_size} must be at least 1")
-    work = staging_dir(spec.id)
+    if workers < 1 or shard_size < 1 or ref_episodes < 1:
+        raise ValueError(f"workers {workers}, shard_size {shard_size} and ref_episodes {ref_episodes} must be at "
+                         f"least 1")
+    with dataset_build(spec.id) as work:
+        collected = _collect(spec, work, workers, shard_size, progress, ref_episodes)
+        ref_scores = reference_scores(spec.level, spec.seed + REF_SEED_OFFSET, workers, work, ref_episodes)
+        provenance = {
+            "source": "simulator",
+            "behaviour_policy": f"kalm_envs.oracle.ScriptedOracle(epsilon={spec.epsilon})",
+            "spec": asdict(spec),
+            "ref_scores_from": f"{ref_episodes} episodes of a uniform random policy / the oracle",
+            "build_command": f"kalm datasets build {spec.id} --episodes {spec.episodes}"
+                             + ref_episodes_option(ref_episodes),
+            "kalm_gym_version": package_version(),
+            "mujoco_version": mujoco.__version__,
+            "success_rate": float(np.mean([e.success for e in collected])),
+        }
+        return write_dataset(
+            spec.id, collected, spec.env_id, spec.description, provenance, ref_scores,
+            algorithm_name="ScriptedOracle",
+        )
+
+
+def _collect(
+    spec: DatasetSpec, work: Path, workers: int, shard_size: int, progress: bool, ref_episodes: int
+) -> list[Episode]:
+    """The spec's oracle episodes, shard by shard in the staging folder ``work`` (finished shards
+    of an earlier build with the same settings are reused; other settings' are removed)."""
     plan = {"spec": asdict(spec), "shard_size": shard_size, "ref_episodes": ref_episodes}
     plan_file = work / "plan.json"
     if plan_file.exists() and json.loads(plan_file.read_text()) != plan:
         shutil.rmtree(work)  # an unfinished build with other settings: its shards do not fit
-    work.mkdir(parents=True, exist_ok=True)
-    plan_file.write_text(json.dumps(plan, sort_keys=True))
+        work.mkdir()
+    atomic_write_text(plan_file, json.dumps(plan, sort_keys=True))
 
     collected: list[Episode] = []
-    bar = tqdm(total=spec.episodes, desc=f"build {spec.id}", unit="ep", disable=not progress)
-    for start in range(0, spec.episodes, shard_size):
-        seeds = range(spec.seed + start, spec.seed + min(start + shard_size, spec.episodes))
-        collected += _shard(
-            work,
-            f"shard-{start // shard_size:05d}",
-            lambda: oracle_episodes(spec.level, seeds, spec.epsilon, workers),
-        )
-        bar.update(len(seeds))
-    bar.close()
+    with tqdm(total=spec.episodes, desc=f"build {spec.id}", unit="ep", disable=not progress) as bar:
+        for start in range(0, spec.episodes, shard_size):  # the bar ends its line on an error too
+            seeds = range(spec.seed + start, spec.seed + min(start + shard_size, spec.episodes))
+            collected += _shard(
+                work,
+                f"shard-{start // shard_size:05d}",
+                lambda: oracle_episodes(spec.level, seeds, spec.epsilon, workers),
+            )
+            bar.update(len(seeds))
+    return collected
 
-    ref_scores = reference_scores(spec.level, spec.seed + REF_SEED_OFFSET, workers, work, ref_episodes)
 
-    provenance = {
-        "source": "simulator",
-        "behaviour_policy": f"kalm_envs.oracle.ScriptedOracle(epsilon={spec.epsilon})",
-        "spec": asdict(spec),
-        "ref_scores_from": f"{ref_episodes} episodes of a uniform random policy / the oracle",
-        "build_command": f"kalm datasets build {spec.id} --episodes {spec.episodes}",
-        "kalm_gym_version": package_version(),
-        "mujoco_version": mujoco.__version__,
-        "success_rate": float(np.mean([e.success for e in collected])),
-    }
-    path = write_dataset(
-        spec.id, collected, spec.env_id, spec.description, provenance, ref_scores,
-        algorithm_name="ScriptedOracle",
-    )
-    return path
+def ref_episodes_option(ref_episodes: int) -> str:
+    """The ``--ref-episodes`` option of a build command that used ``ref_episodes`` (none for the
+    default)."""
+    return "" if ref_episodes == REF_EPISODES else f" --ref-episodes {ref_episodes}"

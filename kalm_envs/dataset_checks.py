@@ -20,20 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from kalm_envs.dataset_paths import datasets_root, resolve_dataset
 from kalm_envs.dataset_specs import published_id
 from kalm_envs.env import OBSERVATION_HIGH, OBSERVATION_LOW
 from kalm_envs.goals import LEVEL_FAMILIES, Goal
 from kalm_envs.language import INSTRUCTION_CHARSET, MAX_INSTRUCTION_LENGTH, validate_instruction
-from kalm_envs.minari_io import (
-    DatasetError,
-    check_dataset_name,
-    dataset_dir,
-    datasets_root,
-    episode_count,
-    hdf5_path,
-    read_metadata,
-    read_packed,
-)
+from kalm_envs.minari_io import DatasetError, episode_count, hdf5_path, read_metadata, read_packed
 from kalm_envs.physics import N_ACTIONS, STATE_DIM
 from kalm_envs.registration import ENV_IDS, MAX_EPISODE_STEPS, RETIRED_ENV_IDS
 
@@ -47,13 +39,11 @@ _SPEC_KWARGS: dict[str, tuple[Any, ...] | None] = {
 
 
 def dataset_folder(dataset: str | Path) -> Path:
-    """The folder of a dataset id or path; ``FileNotFoundError`` naming it when absent."""
-    folder = Path(check_dataset_name(dataset))
+    """The folder of a dataset path or id (:func:`~kalm_envs.dataset_paths.resolve_dataset`: an id
+    never reaches outside the Minari root); ``FileNotFoundError`` naming it when absent."""
+    folder = resolve_dataset(dataset)
     if folder.is_dir():
         return folder
-    candidate = dataset_dir(str(dataset))
-    if candidate.is_dir():
-        return candidate
     raise FileNotFoundError(
         f"dataset {str(dataset)!r} not found: no such folder and no dataset of that id under the "
         f"Minari root {datasets_root()} (build it with: kalm datasets build {dataset})"

@@ -1,8 +1,8 @@
 """Reading and writing CLEVR-Robot episodes as Minari datasets (HDF5 backend).
 
 Writes are atomic: a dataset is first created in a hidden staging folder inside the Minari root
-(``<root>/.kalm-staging/``, which Minari's listings skip) and renamed into place only when
-complete. Reads go straight to the HDF5 file with h5py's low-level API, one read per field of an
+(``<root>/.kalm-staging/``, which Minari's listings skip; see :mod:`kalm_envs.dataset_paths`) and
+renamed into place only when complete. Reads go straight to the HDF5 file with h5py's low-level API, one read per field of an
 episode.
 
 Beside Minari's ``main_data.hdf5`` our writer leaves ``kalm_index.npz``: the same episodes packed
@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import warnings
 import zipfile
@@ -32,15 +33,12 @@ import h5py
 import minari
 import numpy as np
 from minari.data_collector import EpisodeBuffer
-from minari.namespace import create_namespace, list_local_namespaces
-from minari.storage import get_dataset_path
 
+from kalm_envs.dataset_paths import dataset_build, datasets_root, resolve_dataset
 from kalm_envs.dataset_specs import package_version
 from kalm_envs.rollout import PACKED_FIELDS, Episode, load_packed, pack_episodes, save_episodes
-from kalm_envs.validation import check_path
+from kalm_envs.workers import ChildError, run_in_child
 
-STAGING_DIR = ".kalm-staging"
-NAME_MAX = 255  # longest file or folder name (bytes) of the usual file systems
 HDF5_FILE = Path("data") / "main_data.hdf5"
 INDEX_FILE = Path("data") / "kalm_index.npz"
 METADATA_KEY = "kalm"  # key of our provenance block in the Minari metadata
@@ -49,32 +47,6 @@ INDEX_CHECKSUM_KEY = "index_checksum"  # key of index_checksum() in that block (
 
 class DatasetError(ValueError):
     """A dataset is missing, truncated or malformed; the message names the file and the problem."""
-
-
-def datasets_root() -> Path:
-    """Minari's local datasets folder (``MINARI_DATASETS_PATH`` or ``~/.minari/datasets``)."""
-    return Path(get_dataset_path())
-
-
-def check_dataset_name(dataset: Any) -> str:
-    """``dataset`` (a dataset id or folder) as a str; ``InvalidTypeError`` unless it is a str or
-    ``Path``, ``ValueError`` naming it when it is empty or a part of it is longer than a file name
-    may be."""
-    name = check_path(dataset, "dataset")
-    if any(len(part.encode()) > NAME_MAX for part in Path(name).parts):
-        raise ValueError(f"dataset {name[:80]!r}... is not a dataset id or folder: a part of it is longer "
-                         f"than {NAME_MAX} bytes")
-    return name
-
-
-def dataset_dir(dataset_id: str) -> Path:
-    """Folder of ``dataset_id`` under :func:`datasets_root`."""
-    return datasets_root() / check_dataset_name(dataset_id)
-
-
-def staging_dir(dataset_id: str) -> Path:
-    """Hidden work folder of a build of ``dataset_id``, inside the Minari root."""
-    return datasets_root() / STAGING_DIR / dataset_id.replace("/", "__")
 
 
 def episode_buffer(episode: Episode, index: int) -> EpisodeBuffer:
@@ -177,56 +149,104 @@ def write_dataset(
 ) -> Path:
     """Create ``dataset_id`` from ``episodes``, atomically; return its folder.
 
-    The dataset is assembled in ``staging_dir(dataset_id)``, renamed into place, and the staging
-    folder (with whatever a resumable build kept there) is removed. ``provenance`` (JSON-able) is
-    stored under the ``kalm`` metadata key together with :func:`content_checksum` (``checksum``)
-    and :func:`index_checksum` (``index_checksum``). ``ref_scores`` are the (random, expert) mean
-    returns.
+    Holds the id's build lock (:func:`~kalm_envs.dataset_paths.dataset_build`; a builder that
+    holds it already keeps it). A child process (:func:`~kalm_envs.workers.run_in_child`: HDF5
+    segfaults when a write fails) assembles the Minari dataset in ``staging_dir(dataset_id)``
+    (:func:`_write_staged`); it is then moved into place in one rename, together with the
+    namespace folders it needs (:func:`_move_into_place`), and the staging folder (with whatever a
+    resumable build kept there) is removed. ``provenance`` (JSON-able) is stored under the ``kalm``
+    metadata key together with :func:`content_checksum` (``checksum``) and :func:`index_checksum`
+    (``index_checksum``). ``ref_scores`` are the (random, expert) mean returns.
+
+    Raises:
+        ValueError: a bad id (:func:`~kalm_envs.dataset_paths.check_dataset_id`).
+        FileExistsError: the dataset exists.
+        kalm_envs.dataset_paths.DatasetBusyError: another process is building it.
+        OSError: a write failed (disk full, file size limit): the message names the dataset, the
+            OS error and the file. Nothing is visible then under the id or its namespaces; the
+            hidden staging folder stays, with the shards that a resumed build reuses.
     """
-    final = dataset_dir(dataset_id)
-    if final.exists():
-        raise FileExistsError(f"dataset {dataset_id} already exists at {final}")
-    root = datasets_root()
-    work = staging_dir(dataset_id) / "minari"
-    shutil.rmtree(work, ignore_errors=True)
+    minari_args = {
+        "env": env_id,
+        "eval_env": env_id,
+        "algorithm_name": algorithm_name,
+        "author": "KALM-Gym developers",
+        "code_permalink": f"kalm-gym {package_version()} ({provenance.get('build_command', 'python API')})",
+        "ref_min_score": float(ref_scores[0]),
+        "ref_max_score": float(ref_scores[1]),
+        "description": description,
+        "requirements": ["kalm-gym"],
+        "data_format": "hdf5",
+    }
+    with dataset_build(dataset_id) as staging:
+        work = staging / "minari"
+        shutil.rmtree(work, ignore_errors=True)
+        try:
+            run_in_child(lambda: _write_staged(work, dataset_id, episodes, provenance, minari_args))
+        except ChildError as failure:
+            shutil.rmtree(work, ignore_errors=True)  # half written: of no use to a resumed build
+            raise _write_error(dataset_id, work, failure) from failure
+        final = _move_into_place(work, dataset_id)
+        shutil.rmtree(staging)
+    return final
+
+
+def _write_staged(
+    work: Path, dataset_id: str, episodes: Sequence[Episode], provenance: dict[str, Any], minari_args: dict[str, Any]
+) -> None:
+    """Write the Minari dataset (HDF5 file, metadata, our index) under the Minari root ``work``;
+    ``minari_args`` go to ``minari.create_dataset_from_buffers``."""
     with _minari_root(work), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*author_email")  # we publish no e-mail address
         dataset = minari.create_dataset_from_buffers(
-            dataset_id=dataset_id,
-            buffer=[episode_buffer(e, i) for i, e in enumerate(episodes)],
-            env=env_id,
-            eval_env=env_id,
-            algorithm_name=algorithm_name,
-            author="KALM-Gym developers",
-            code_permalink=f"kalm-gym {package_version()} ({provenance.get('build_command', 'python API')})",
-            ref_min_score=float(ref_scores[0]),
-            ref_max_score=float(ref_scores[1]),
-            description=description,
-            requirements=["kalm-gym"],
-            data_format="hdf5",
+            dataset_id=dataset_id, buffer=[episode_buffer(e, i) for i, e in enumerate(episodes)], **minari_args
         )
         packed = pack_episodes(episodes)
         checksum = packed_checksum(packed)
         dataset.storage.update_metadata({METADATA_KEY: {**provenance, "checksum": checksum,
                                                         INDEX_CHECKSUM_KEY: index_checksum(packed)}})
         save_episodes(work / dataset_id / INDEX_FILE, episodes, checksum=np.array(checksum))
-    namespace = dataset_id.rsplit("/", 1)[0]
-    with _minari_root(root):
-        if namespace not in list_local_namespaces():
-            create_namespace(namespace)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    os.rename(work / dataset_id, final)
-    shutil.rmtree(work.parent)
-    if not any(work.parent.parent.iterdir()):
-        work.parent.parent.rmdir()
-    return final
+
+
+def _move_into_place(work: Path, dataset_id: str) -> Path:
+    """Rename the staged ``dataset_id`` from the staged Minari root ``work`` into the Minari root,
+    in one rename: the first of its namespace folders missing there (the staged one holds
+    Minari's namespace metadata and, below it, the dataset), else the dataset folder. Its folder."""
+    root, parts = datasets_root(), Path(dataset_id).parts
+    for depth in range(1, len(parts) + 1):
+        target = root.joinpath(*parts[:depth])
+        if not target.exists():
+            os.rename(work.joinpath(*parts[:depth]), target)
+            return root / dataset_id
+    raise FileExistsError(f"dataset {dataset_id} already exists at {root / dataset_id}")
+
+
+#: An OS error in the text of an exception: h5py's ``errno = 28`` or Python's ``[Errno 28]``,
+#: and the file: h5py's ``filename = '...'`` or Python's ``[Errno 28] No space left on device: '...'``.
+_ERRNO = re.compile(r"errno = (\d+)|\[Errno (\d+)\]")
+_FILENAME = re.compile(r"filename = '([^']*)'|\[Errno \d+\] [^\n]*?: '([^']*)'")
+
+
+def _write_error(dataset_id: str, work: Path, failure: ChildError) -> BaseException:
+    """What to raise for a failed :func:`_write_staged`: an ``OSError`` naming the dataset, the OS
+    error and its file (``work`` when unknown) when the child reported one; else the exception
+    the child raised; else an ``OSError`` saying how the child ended."""
+    for text in failure.reports:
+        number = _ERRNO.search(text)
+        if number is not None:
+            errno = int(number.group(1) or number.group(2))
+            name = _FILENAME.search(text)
+            filename = (name.group(1) or name.group(2)) if name is not None else str(work)
+            return OSError(errno, f"writing dataset {dataset_id} failed: {os.strerror(errno)}", filename)
+    if failure.error is not None:
+        return failure.error
+    return OSError(f"writing dataset {dataset_id} in {work} failed: {failure}")
 
 
 def hdf5_path(dataset_id_or_dir: str | Path) -> Path:
-    """HDF5 file of a dataset given by id (under the Minari root) or by its folder."""
-    folder = Path(check_dataset_name(dataset_id_or_dir))
-    if not folder.is_dir():
-        folder = dataset_dir(str(dataset_id_or_dir))
+    """HDF5 file of a dataset given by its folder or by id (under the Minari root,
+    :func:`~kalm_envs.dataset_paths.resolve_dataset`)."""
+    folder = resolve_dataset(dataset_id_or_dir)
     path = folder / HDF5_FILE
     if not path.is_file():
         raise DatasetError(f"no Minari HDF5 dataset at {folder} (expected {path})")

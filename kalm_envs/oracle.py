@@ -10,7 +10,6 @@ takes a uniformly random push with that probability (exploration for data collec
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import gymnasium as gym
@@ -23,6 +22,7 @@ from kalm_envs.predicates import MOVE_MIN_DISPLACEMENT, is_success
 from kalm_envs.registration import ENV_IDS
 from kalm_envs.rollout import Episode, run_episode
 from kalm_envs.validation import check_count, check_int, check_seed
+from kalm_envs.workers import process_pool
 
 RELATION_IDEAL_DISTANCE = 0.31  # m: centre of the allowed [0.26, 0.39) band between centres
 MOVE_MARGIN = 0.05  # m beyond the 0.15 m a move goal asks for
@@ -145,7 +145,8 @@ def oracle_episodes(
     """Run the oracle for one episode per seed on ``level``; episodes come back in seed order.
 
     Episode ``i`` resets the env with ``seeds[i]`` and seeds the oracle with it too, so results do
-    not depend on ``workers`` (worker processes, 1 = run here).
+    not depend on ``workers`` (worker processes, 1 = run here; they die with this process,
+    :func:`kalm_envs.workers.process_pool`).
     """
     if level not in ENV_IDS:
         raise ValueError(f"level {level!r} is not one of {tuple(ENV_IDS)}")
@@ -160,7 +161,7 @@ def oracle_episodes(
             results.append(_oracle_chunk(level, chunk, epsilon))
             bar.update(len(chunk))
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with process_pool(workers) as pool:
             futures = [pool.submit(_oracle_chunk, level, chunk, epsilon) for chunk in chunks]
             for future in futures:
                 results.append(future.result())

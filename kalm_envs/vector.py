@@ -20,16 +20,20 @@ import gymnasium as gym
 from gymnasium.vector import AsyncVectorEnv
 
 from kalm_envs.registration import ENV_IDS
+from kalm_envs.workers import die_with_parent
 
 
 def _make_worker_env(env_id: str, cpu: int | None, env_kwargs: dict[str, Any]) -> gym.Env:
-    """Build one env; inside a worker process, first pin that process to ``cpu``.
+    """Build one env; inside a worker process, first make it die with its parent
+    (:func:`kalm_envs.workers.die_with_parent`) and pin it to ``cpu``.
 
     AsyncVectorEnv also calls the first factory in the parent process to read the spaces: the
     parent is never pinned.
     """
-    if cpu is not None and multiprocessing.parent_process() is not None:
-        os.sched_setaffinity(0, {cpu})
+    if multiprocessing.parent_process() is not None:
+        die_with_parent()
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
     return gym.make(env_id, **env_kwargs)
 
 

@@ -89,7 +89,8 @@ def verify_dataset(dataset_id_or_dir: str | Path) -> VerifyReport:
     _check_repeated_fields(hdf5_path(dataset_id_or_dir), report)
     if not report.checks["contents"]:
         for index, episode in enumerate(episodes):
-            _check_episode(index, episode, report)
+            for check, problem in episode_problems(episode):
+                report.fail(check, f"episode {index}: {problem}")
     stored = stored_checksum(metadata)
     if stored is None:
         report.fail("checksum", "no checksum in the dataset metadata")
@@ -147,23 +148,28 @@ def _check_repeated_fields(path: Path, report: VerifyReport) -> None:
                 report.fail("repeated fields", f"{name}: goal or instruction changes within it")
 
 
-def _check_episode(index: int, episode: Episode, report: VerifyReport) -> None:
-    """Predicates, terminations and rewards of one episode whose arrays passed ``check_packed``."""
-    where = f"episode {index}"
-    steps = episode.length
-    goals = np.repeat(episode.goal[None], steps + 1, axis=0)
-    initial = np.repeat(episode.observations[:1], steps + 1, axis=0)
+def episode_problems(episode: Episode) -> list[tuple[str, str]]:
+    """``(check, problem)`` for each way an episode whose arrays passed ``check_packed`` disagrees
+    with our env: its successes, terminations and truncations (check ``predicates``) and its rewards
+    (check ``rewards``) against the predicates and the env's dense reward; empty when it agrees."""
+    problems = []
+    goals = np.repeat(episode.goal[None], episode.length + 1, axis=0)
+    initial = np.repeat(episode.observations[:1], episode.length + 1, axis=0)
     success = is_success(episode.observations, goals, initial)
     if not np.array_equal(success, episode.successes):
         first = int(np.flatnonzero(success != episode.successes)[0])
-        report.fail("predicates", f"{where}: is_success at step {first} disagrees with the predicates")
-    if not np.array_equal(success[1:] | Goal.from_array(episode.goal).one_push, episode.terminations):
-        report.fail("predicates", f"{where}: terminations disagree with the predicates")
+        problems.append(("predicates", f"is_success at step {first} disagrees with the predicates"))
+    expected = success[1:] | Goal.from_array(episode.goal).one_push
+    if not np.array_equal(expected, episode.terminations):
+        step = int(np.flatnonzero(expected != episode.terminations)[0])
+        problems.append(("predicates", f"terminations disagree with the predicates at step {step} (terminated "
+                                       f"{bool(episode.terminations[step])}, goal met {bool(success[step + 1])})"))
     if episode.terminations[:-1].any() or episode.truncations[:-1].any():
-        report.fail("predicates", f"{where}: the episode goes on after it ended")
+        problems.append(("predicates", "the episode goes on after it ended"))
     if not (episode.terminations[-1] or episode.truncations[-1]):
-        report.fail("predicates", f"{where}: the last step neither terminates nor truncates")
+        problems.append(("predicates", f"the last step (step {episode.length - 1}) neither terminates nor truncates"))
     rewards, _ = transition_outcome(episode.observations[:-1], episode.observations[1:], goals[1:], initial[1:])
     if not np.allclose(rewards, episode.rewards, atol=1e-3):
-        report.fail("rewards", f"{where}: rewards differ from the env's dense reward by up to "
-                               f"{np.abs(rewards - episode.rewards).max():.3g}")
+        problems.append(("rewards", f"rewards differ from the env's dense reward by up to "
+                                    f"{np.abs(rewards - episode.rewards).max():.3g}"))
+    return problems

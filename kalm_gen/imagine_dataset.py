@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from kalm_envs.collector import REF_EPISODES, REF_SEED_OFFSET, reference_scores
+from kalm_envs.dataset_paths import check_dataset_id, dataset_build
 from kalm_envs.dataset_specs import get_spec, package_version, published_id
-from kalm_envs.minari_io import dataset_dir, staging_dir, write_dataset
+from kalm_envs.minari_io import write_dataset
 from kalm_envs.registration import ENV_IDS, EPISODE_STEPS
 from kalm_gen.published import resolve_model
 from kalm_gen.imagine import (
@@ -108,8 +109,12 @@ def write_imagined_dataset(
     ``temperature`` 0 is greedy; else actions are sampled with ``sample_seed``. ``model`` may
     pass the already loaded model of ``model_dir`` (it is still checksummed from the folder).
 
-    Raises ``ValueError`` (bad level or settings, no episode left), ``FileNotFoundError`` (no
-    model in ``model_dir``) and ``FileExistsError`` (the dataset exists).
+    The build holds the id's build lock (:mod:`kalm_envs.dataset_paths`) from before the model
+    is loaded to the end.
+
+    Raises ``ValueError`` (bad level, id or settings, no episode left), ``FileNotFoundError`` (no
+    model in ``model_dir``), ``FileExistsError`` (the dataset exists), ``DatasetBusyError`` (an
+    ``OSError``: another process is building it) and ``OSError`` naming the file a write failed on.
     """
     from kalm_gen.grounded_lm import GroundedLM
 
@@ -117,7 +122,7 @@ def write_imagined_dataset(
         check_level(level)  # names the levels when it is a typo
         raise ValueError(f"level {level!r} has no imagined dataset; imagined levels: {IMAGINED_LEVELS}")
     spec = get_spec(published_id("imagined", level))
-    dataset_id = dataset_id or spec.id
+    dataset_id = spec.id if dataset_id is None else check_dataset_id(dataset_id)
     episodes = spec.episodes if episodes is None else episodes
     seed = spec.seed if seed is None else seed
     max_steps = check_max_steps(level, max_steps)
@@ -127,65 +132,62 @@ def write_imagined_dataset(
         raise ValueError(f"ref_episodes {ref_episodes} and workers {workers} must be at least 1")
     model_name = str(model_dir)
     model_dir = resolve_model(model_dir)
-    if dataset_dir(dataset_id).exists():
-        raise FileExistsError(f"dataset {dataset_id} already exists at {dataset_dir(dataset_id)}")
-    if model is None:
-        model = GroundedLM.load(model_dir)
-    generator = generator_provenance(model, model_dir)
+    with dataset_build(dataset_id) as work:
+        if model is None:
+            model = GroundedLM.load(model_dir)
+        generator = generator_provenance(model, model_dir)
 
-    tasks = level_tasks(level, episodes, seed)
-    rollouts = imagine_tasks(
-        model, tasks, max_steps=max_steps, batch_size=batch_size, temperature=temperature,
-        seed=sample_seed, progress=progress,
-    )
-    kept = [e for e in rollouts if e.length >= 1 and not (drop_invalid and e.invalid)]
-    invalid = [e for e in rollouts if e.invalid]
-    if not kept:
-        raise ValueError(f"all {len(rollouts)} imagined rollouts were invalid and dropped; nothing to write")
+        tasks = level_tasks(level, episodes, seed)
+        rollouts = imagine_tasks(
+            model, tasks, max_steps=max_steps, batch_size=batch_size, temperature=temperature,
+            seed=sample_seed, progress=progress,
+        )
+        kept = [e for e in rollouts if e.length >= 1 and not (drop_invalid and e.invalid)]
+        invalid = [e for e in rollouts if e.invalid]
+        if not kept:
+            raise ValueError(f"all {len(rollouts)} imagined rollouts were invalid and dropped; nothing to write")
 
-    work = staging_dir(dataset_id)
-    work.mkdir(parents=True, exist_ok=True)
-    ref_scores = reference_scores(level, seed + REF_SEED_OFFSET, workers, work, ref_episodes)
-    command = (f"kalm imagine --model {model_name} --level {level} --episodes {episodes} --seed {seed} "
-               f"--batch-size {batch_size} --id {dataset_id}" + (" --drop-invalid" if drop_invalid else "")
-               + (f" --max-steps {max_steps}" if max_steps != EPISODE_STEPS[level] else "")
-               + (f" --temperature {temperature} --sample-seed {sample_seed}" if temperature > 0 else ""))
-    provenance = {
-        "source": "imagined",
-        "level": level,
-        "seed": seed,
-        "episodes_requested": episodes,
-        "episodes": len(kept),
-        "spec": asdict(spec) if dataset_id == spec.id else None,
-        "generator": generator,
-        "generation": {
-            "decoding": "greedy" if temperature <= 0 else "sampled",
-            "temperature": temperature,
-            "sample_seed": sample_seed,
-            "max_steps": max_steps,
-            "batch_size": batch_size,
-            "kv_cache": True,
-            "stop": "at success (kalm_envs.predicates.is_success) or max_steps",
-            "tasks": f"episode i: env.reset(seed={seed} + i) of {ENV_IDS[level]}",
-            "invalid_rule": INVALID_RULE,
-            "drop_invalid": drop_invalid,
-        },
-        "counts": summarize_rollouts(rollouts) | {
-            "invalid": len(invalid),
-            "dropped": len(rollouts) - len(kept),
-            "dropped_empty": sum(e.length == 0 for e in rollouts),
-            "cut_episodes": [i for i, e in enumerate(kept) if e.invalid],  # indices in this dataset
-        },
-        "success_rate": float(np.mean([e.success for e in kept])),
-        "ref_scores_from": f"{ref_episodes} episodes of a uniform random policy / the oracle",
-        "build_command": command,
-        "kalm_gym_version": package_version(),
-        "versions": _versions(),
-    }
-    description = spec.description if dataset_id == spec.id else (
-        f"Rollouts imagined by a grounded LLM for CLEVR-Robot {level} goals.")
-    return write_dataset(dataset_id, kept, ENV_IDS[level], description, provenance, ref_scores,
-                         algorithm_name=ALGORITHM_NAME)
+        ref_scores = reference_scores(level, seed + REF_SEED_OFFSET, workers, work, ref_episodes)
+        command = (f"kalm imagine --model {model_name} --level {level} --episodes {episodes} --seed {seed} "
+                   f"--batch-size {batch_size} --id {dataset_id}" + (" --drop-invalid" if drop_invalid else "")
+                   + (f" --max-steps {max_steps}" if max_steps != EPISODE_STEPS[level] else "")
+                   + (f" --temperature {temperature} --sample-seed {sample_seed}" if temperature > 0 else ""))
+        provenance = {
+            "source": "imagined",
+            "level": level,
+            "seed": seed,
+            "episodes_requested": episodes,
+            "episodes": len(kept),
+            "spec": asdict(spec) if dataset_id == spec.id else None,
+            "generator": generator,
+            "generation": {
+                "decoding": "greedy" if temperature <= 0 else "sampled",
+                "temperature": temperature,
+                "sample_seed": sample_seed,
+                "max_steps": max_steps,
+                "batch_size": batch_size,
+                "kv_cache": True,
+                "stop": "at success (kalm_envs.predicates.is_success) or max_steps",
+                "tasks": f"episode i: env.reset(seed={seed} + i) of {ENV_IDS[level]}",
+                "invalid_rule": INVALID_RULE,
+                "drop_invalid": drop_invalid,
+            },
+            "counts": summarize_rollouts(rollouts) | {
+                "invalid": len(invalid),
+                "dropped": len(rollouts) - len(kept),
+                "dropped_empty": sum(e.length == 0 for e in rollouts),
+                "cut_episodes": [i for i, e in enumerate(kept) if e.invalid],  # indices in this dataset
+            },
+            "success_rate": float(np.mean([e.success for e in kept])),
+            "ref_scores_from": f"{ref_episodes} episodes of a uniform random policy / the oracle",
+            "build_command": command,
+            "kalm_gym_version": package_version(),
+            "versions": _versions(),
+        }
+        description = spec.description if dataset_id == spec.id else (
+            f"Rollouts imagined by a grounded LLM for CLEVR-Robot {level} goals.")
+        return write_dataset(dataset_id, kept, ENV_IDS[level], description, provenance, ref_scores,
+                             algorithm_name=ALGORITHM_NAME)
 
 
 def summarize_rollouts(rollouts: list[ImaginedEpisode]) -> dict[str, Any]:

@@ -20,7 +20,8 @@ from kalm_envs.collector import build_dataset
 from kalm_envs.dataset_specs import get_spec, list_specs, published_id
 from kalm_envs.kalm_import import import_kalm
 from kalm_envs.loader import load_transitions
-from kalm_envs.minari_io import DatasetError, dataset_dir, read_episodes, read_metadata, staging_dir
+from kalm_envs.dataset_paths import dataset_dir, staging_dir
+from kalm_envs.minari_io import DatasetError, read_episodes, read_metadata
 from kalm_envs.minari_io import write_dataset
 from kalm_envs.oracle import oracle_episodes
 from kalm_envs.rollout import Episode, run_episode

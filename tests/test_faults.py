@@ -87,3 +87,24 @@ def test_only_temporaries_of_dead_processes_are_removed(tmp_path):
     atomic_write_text(tmp_path / "d.json", "{}")
     assert remove_stale_temporaries(tmp_path) == [dead]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, "d.json"])
+
+
+OUT_OF_MEMORY = """
+import resource, sys
+import kalm.commands.separation, kalm_envs.separation  # imported before the limit
+from kalm.cli import main
+size = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmSize")) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (size + 150 * 2**20, size + 150 * 2**20))
+sys.exit(main(sys.argv[1:]))
+"""
+"""Run ``kalm ARGV`` with 150 MB of address space to spare after the imports."""
+
+
+def test_running_out_of_memory_is_one_line_not_a_traceback():
+    """10,000 hard goals are allowed, but their 300 MB of sentence vectors do not fit in 150 MB:
+    numpy's MemoryError ends the command with status 2 and one line."""
+    out = subprocess.run([sys.executable, "-c", OUT_OF_MEMORY, "separation", "--levels", "hard", "--hard-goals",
+                          "10000", "--encoder", "hashed"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and "kalm separation: error: out of memory" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1

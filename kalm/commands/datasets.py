@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from kalm.commands import add_json_flag, path_argument
-from kalm_envs.collector import build_dataset
+from kalm_envs.collector import REF_EPISODES, build_dataset
 from kalm_envs.dataset_checks import check_files, dataset_folder
+from kalm_envs.dataset_paths import dataset_dir, datasets_root
 from kalm_envs.dataset_specs import get_spec, list_specs
 from kalm_envs.kalm_import import import_kalm
-from kalm_envs.minari_io import dataset_dir, datasets_root, read_metadata
+from kalm_envs.minari_io import read_metadata
 from kalm_envs.verify import verify_dataset
 
 HELP = "list, build, inspect, verify and import the Minari datasets"
@@ -28,13 +29,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("id")
     build.add_argument("--episodes", type=int, help="episodes instead of the spec's count")
     build.add_argument("--workers", type=int, default=1, help="worker processes")
+    build.add_argument("--ref-episodes", type=int, default=REF_EPISODES,
+                       help="random-policy and oracle episodes behind the reference scores")
     info = sub.add_parser("info", help="a dataset's card and, if built, its metadata")
     info.add_argument("id")
     verify = sub.add_parser("verify", help="check a built dataset; exits non-zero on any failure")
     verify.add_argument("id")
-    kalm = sub.add_parser("import-kalm", help="import KALM's released npy file as a Minari dataset")
+    kalm = sub.add_parser("import-kalm", help="import KALM's released npy file as a Minari dataset (the file is a "
+                          "pickle, which could run code: only numpy arrays and plain values are unpickled, any "
+                          "other object is refused)")
     kalm.add_argument("path", type=path_argument)
     kalm.add_argument("id")
+    kalm.add_argument("--ref-episodes", type=int, default=REF_EPISODES,
+                      help="random-policy and oracle episodes behind the reference scores")
     for command in (build, info, verify, kalm):
         add_json_flag(command)
 
@@ -58,9 +65,10 @@ def _build(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
         from kalm_gen.imagine_dataset import write_imagined_dataset
 
         path = write_imagined_dataset(spec.model, spec.level, episodes=args.episodes, dataset_id=spec.id,
-                                      batch_size=IMAGINED_BUILD_BATCH, workers=args.workers, progress=True)
+                                      batch_size=IMAGINED_BUILD_BATCH, ref_episodes=args.ref_episodes,
+                                      workers=args.workers, progress=True)
     else:
-        path = build_dataset(spec, episodes=args.episodes, workers=args.workers)
+        path = build_dataset(spec, episodes=args.episodes, workers=args.workers, ref_episodes=args.ref_episodes)
     report = verify_dataset(args.id)
     summary = {"id": args.id, "path": str(path), "episodes": report.episodes, "steps": report.steps,
                "success_rate": read_metadata(args.id)["kalm"]["success_rate"], "verified": report.ok}
@@ -96,7 +104,7 @@ def _verify(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
 
 
 def _import_kalm(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
-    path = import_kalm(args.path, args.id)
+    path = import_kalm(args.path, args.id, ref_episodes=args.ref_episodes)
     report = verify_dataset(args.id)
     summary = {"id": args.id, "path": str(path), "episodes": report.episodes, "steps": report.steps,
                "verified": report.ok}

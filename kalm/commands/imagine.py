@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
     set_threads(args.threads)
-    dataset_id = args.id or published_id("imagined", args.level)
+    dataset_id = published_id("imagined", args.level) if args.id is None else args.id
     path = write_imagined_dataset(
         args.model, args.level, episodes=args.episodes, seed=args.seed, batch_size=args.batch_size,
         dataset_id=dataset_id, drop_invalid=args.drop_invalid, temperature=args.temperature,

@@ -18,8 +18,9 @@ from typing import Any
 from kalm.pipeline.cache import StageRecord, StageWork
 from kalm_envs import ENV_IDS
 from kalm_envs.collector import build_dataset
+from kalm_envs.dataset_paths import dataset_dir
 from kalm_envs.dataset_specs import NAMESPACE, get_spec, published_id
-from kalm_envs.minari_io import dataset_dir, read_metadata
+from kalm_envs.minari_io import read_metadata
 from kalm_envs.validation import check_count, check_int, check_seed, check_str
 from kalm_gen.imagine_dataset import IMAGINED_LEVELS
 
