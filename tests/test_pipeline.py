@@ -227,3 +227,18 @@ def test_default_preset_imagines_with_the_published_model() -> None:
     # the model is pinned by its files, so republishing it under the same name redoes imagination
     assert default["ground"]["published_sha256"] == model_checksum(resolve_model(DEFAULT_MODEL))
     assert "published_sha256" not in scratch["ground"]
+
+
+def test_a_rerun_sweeps_temporaries_of_killed_writes(first) -> None:
+    """A marker or report write killed mid-way leaves ``.NAME.tmp-PID``; the next run removes it."""
+    root, _ = first
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()  # its pid is that of a process that has ended
+    run = root / "smoke"
+    stage = next(run.glob("stages/evaluate-*"))
+    left = [run / f".report.json.tmp-{process.pid}", stage / f".{MARKER}.tmp-{process.pid}"]
+    for path in left:
+        path.write_text("half")
+    (stage / MARKER).unlink()  # the evaluation runs again in its folder
+    run_pipeline("smoke", output_root=root, command="pytest")
+    assert not any(path.exists() for path in left)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kalm_envs.atomic import atomic_write_text
+from kalm_envs.atomic import atomic_write_text, remove_stale_temporaries
 
 MARKER = "complete.json"
 UNHASHED = ("workers", "device")
@@ -80,6 +80,7 @@ def run_stage(
         return StageRecord(stage, key, folder, True, time.perf_counter() - started, stored["seconds"],
                            stored["result"])
     folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(folder)  # a marker write killed mid-way
     result = json.loads(json.dumps(work(folder, settings, upstream)))  # as a reused stage reads it back
     seconds = time.perf_counter() - started
     atomic_write_text(marker, json.dumps({

@@ -17,7 +17,7 @@ from typing import Any
 
 from kalm.pipeline.cache import StageRecord
 from kalm.pipeline.figures import matching_pair, trajectory_figure
-from kalm_envs.atomic import atomic_path, atomic_write_text
+from kalm_envs.atomic import atomic_path, atomic_write_text, remove_stale_temporaries
 from kalm_envs.minari_io import read_episodes
 from kalm_rl.evaluation import bar_chart, markdown_table
 
@@ -92,6 +92,7 @@ def write_run_report(
     """Write the report files into ``run_dir``; return the report data (JSON-able)."""
     evaluation = records["evaluate"].result
     imagine = records["imagine"].result
+    remove_stale_temporaries(run_dir)  # of a report write killed mid-way
     files = {key: run_dir / name for key, name in FILES.items()}
     with atomic_path(files["chart"]) as tmp:
         bar_chart(evaluation, tmp)
