@@ -5,9 +5,9 @@ An id names a folder under the Minari root, so every id that a dataset is writte
 folder is computed, is checked first (:func:`check_dataset_id`): Minari's grammar
 ``namespace/.../name-vN`` and nothing that could reach outside the root.
 
-A build of an id works in ``<root>/.kalm-staging/<id, / as __>/`` (Minari's listings skip the
-hidden folder) and holds the id's build lock for its whole run: an ``flock`` on
-``<root>/.kalm-staging/<id, / as __>.lock``, which holds the pid of the build. A second build of
+A build of an id works in ``<root>/.kalm-staging/<id, / as __>-<sha12>/`` (:func:`staging_dir`;
+Minari's listings skip the hidden folder) and holds the id's build lock for its whole run: an
+``flock`` on the same name plus ``.lock``, which holds the pid of the build. A second build of
 the same id fails at once (:class:`DatasetBusyError`, naming the id and that pid) rather than
 waiting: a build can take hours, and a waiting one would only find the dataset built. The kernel
 drops the lock when its holder dies, even by ``kill -9``, so a killed build never blocks the next
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,8 +102,13 @@ def resolve_dataset(dataset: str | Path) -> Path:
 
 
 def staging_dir(dataset_id: str) -> Path:
-    """Hidden work folder of a build of ``dataset_id``, inside the Minari root."""
-    return datasets_root() / STAGING_DIR / check_dataset_id(dataset_id).replace("/", "__")
+    """Hidden work folder of a build of ``dataset_id``, inside the Minari root: the id with ``/``
+    as ``__`` (its first 200 characters, for people) and 12 hex digits of its SHA-256, so that
+    two ids never share one (``a__b/c-v0`` and ``a/b__c-v0`` would) and the name fits any file
+    system."""
+    check_dataset_id(dataset_id)
+    digest = hashlib.sha256(dataset_id.encode()).hexdigest()[:12]
+    return datasets_root() / STAGING_DIR / f"{dataset_id.replace('/', '__')[:200]}-{digest}"
 
 
 def lock_file(dataset_id: str) -> Path:

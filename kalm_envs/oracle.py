@@ -154,17 +154,16 @@ def oracle_episodes(
     check_count(len(seeds), "episodes", low=0)
     seeds = [check_seed(seed) for seed in seeds]
     chunks = [list(seeds[i : i + chunk_size]) for i in range(0, len(seeds), chunk_size)]
-    bar = tqdm(total=len(seeds), desc=f"oracle {level}", unit="ep", disable=not progress)
     results: list[list[Episode]] = []
-    if workers == 1:
-        for chunk in chunks:
-            results.append(_oracle_chunk(level, chunk, epsilon))
-            bar.update(len(chunk))
-    else:
-        with process_pool(workers) as pool:
-            futures = [pool.submit(_oracle_chunk, level, chunk, epsilon) for chunk in chunks]
-            for future in futures:
-                results.append(future.result())
-                bar.update(len(results[-1]))
-    bar.close()
+    with tqdm(total=len(seeds), desc=f"oracle {level}", unit="ep", disable=not progress) as bar:
+        if workers == 1:
+            for chunk in chunks:
+                results.append(_oracle_chunk(level, chunk, epsilon))
+                bar.update(len(chunk))
+        else:
+            with process_pool(workers) as pool:
+                futures = [pool.submit(_oracle_chunk, level, chunk, epsilon) for chunk in chunks]
+                for future in futures:
+                    results.append(future.result())
+                    bar.update(len(results[-1]))
     return [episode for chunk in results for episode in chunk]

@@ -13,18 +13,18 @@ _DAMAGED = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError,
 """What ``torch.load`` raises for a truncated, overwritten or foreign file."""
 
 
-def read_torch_file(path: str | Path, what: str, weights_only: bool = True) -> Any:
-    """``torch.load`` of ``path`` onto the CPU; ``ValueError`` naming the file and ``what`` it
+def read_torch_file(path: str | Path, what: str) -> Any:
+    """``torch.load(weights_only=True)`` of ``path`` onto the CPU (tensors, numbers, strings and
+    containers of them: loading never runs code); ``ValueError`` naming the file and ``what`` it
     should be (e.g. ``"kalm_rl policy file"``) when it cannot be read, ``FileNotFoundError`` when
-    it is missing. ``weights_only`` False lets a file hold any picklable object: only for files
-    this package wrote itself."""
+    it is missing."""
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no {what} at {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except _DAMAGED as error:
         raise ValueError(f"{path} is not a readable {what} ({type(error).__name__}: {_summary(error)}); "
                          "it is damaged or was written by something else") from error

@@ -397,7 +397,11 @@ def _reset_log(output: Path, keep_until: int, event: dict[str, Any]) -> None:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every global generator's state in types ``torch.load(weights_only=True)`` reads back (numpy's
+    key array as a tensor), so a checkpoint can be loaded without unpickling arbitrary objects."""
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), position,
+                                                     has_gauss, gauss), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -405,7 +409,8 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -527,7 +532,7 @@ def _train(config: GroundingTrainConfig, progress: bool, stack: contextlib.ExitS
     if latest is not None:
         start_step, checkpoint = latest
         model = GroundedLM.load(checkpoint / "model")
-        state = read_torch_file(checkpoint / STATE_FILE, "grounding checkpoint", weights_only=False)
+        state = read_torch_file(checkpoint / STATE_FILE, "grounding checkpoint")
     else:
         model = GroundedLM.from_config(config.model_config(), seed=config.seed)
         state = None
@@ -585,42 +590,42 @@ def _train(config: GroundingTrainConfig, progress: bool, stack: contextlib.ExitS
     train_seconds = 0.0
     step = start_step
     objective.train()
-    while step < config.steps:
-        tick = time.perf_counter()
-        batch = next(sampler)
-        with accelerator.autocast():
-            result = objective(batch)
-        accelerator.backward(result["loss"])
-        if config.grad_clip > 0:
-            accelerator.clip_grad_norm_(parameters, config.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        stats = torch.cat([result["sums"], result["counts"], batch["attention_mask"].sum().float()[None]])
-        stats = accelerator.reduce(stats, reduction="sum").cpu().numpy()
-        train_seconds += time.perf_counter() - tick
-        positions += int(stats[-1])
-        losses = task_losses(_component_means(stats[:len(COMPONENTS)], stats[len(COMPONENTS):-1]))
-        log({"kind": "train", "step": step, **losses, "lr": scheduler.get_last_lr()[0],
-             "positions": int(stats[-1]), "seconds": round(time.perf_counter() - tick, 4)})
-        for name in ("rollout", "explain", "dynamics"):  # the bar shows moving averages
-            if name in losses:
-                smoothed[name] = 0.9 * smoothed.get(name, losses[name]) + 0.1 * losses[name]
-        bar.set_postfix({name: f"{value:.3f}" for name, value in smoothed.items()}, refresh=False)
-        bar.update(1)
-        if data.val_episodes and (step % config.eval_every == 0 or step == config.steps):
-            val = evaluate()
-            log({"kind": "val", "step": step, **val})
-            if main and progress:
-                bar.write(f"step {step} val " + " ".join(f"{k}={v:.4f}" for k, v in val.items()))
-        if step % config.checkpoint_every == 0 and step < config.steps:
-            accelerator.wait_for_everyone()
-            if main:
-                model_now = accelerator.unwrap_model(objective).model
-                _save_checkpoint(output, step, model_now, optimizer, scheduler, config)
-            accelerator.wait_for_everyone()
-    bar.close()
+    with bar:  # closes on an error too, so the error is not glued to the bar's line
+        while step < config.steps:
+            tick = time.perf_counter()
+            batch = next(sampler)
+            with accelerator.autocast():
+                result = objective(batch)
+            accelerator.backward(result["loss"])
+            if config.grad_clip > 0:
+                accelerator.clip_grad_norm_(parameters, config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            stats = torch.cat([result["sums"], result["counts"], batch["attention_mask"].sum().float()[None]])
+            stats = accelerator.reduce(stats, reduction="sum").cpu().numpy()
+            train_seconds += time.perf_counter() - tick
+            positions += int(stats[-1])
+            losses = task_losses(_component_means(stats[:len(COMPONENTS)], stats[len(COMPONENTS):-1]))
+            log({"kind": "train", "step": step, **losses, "lr": scheduler.get_last_lr()[0],
+                 "positions": int(stats[-1]), "seconds": round(time.perf_counter() - tick, 4)})
+            for name in ("rollout", "explain", "dynamics"):  # the bar shows moving averages
+                if name in losses:
+                    smoothed[name] = 0.9 * smoothed.get(name, losses[name]) + 0.1 * losses[name]
+            bar.set_postfix({name: f"{value:.3f}" for name, value in smoothed.items()}, refresh=False)
+            bar.update(1)
+            if data.val_episodes and (step % config.eval_every == 0 or step == config.steps):
+                val = evaluate()
+                log({"kind": "val", "step": step, **val})
+                if main and progress:
+                    bar.write(f"step {step} val " + " ".join(f"{k}={v:.4f}" for k, v in val.items()))
+            if step % config.checkpoint_every == 0 and step < config.steps:
+                accelerator.wait_for_everyone()
+                if main:
+                    model_now = accelerator.unwrap_model(objective).model
+                    _save_checkpoint(output, step, model_now, optimizer, scheduler, config)
+                accelerator.wait_for_everyone()
 
     accelerator.wait_for_everyone()
     records = read_log(output)

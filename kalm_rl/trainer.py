@@ -265,7 +265,7 @@ def train_policy(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
     bar = tqdm(total=config.updates, initial=start, disable=not progress, desc=f"kalm train {config.algorithm}",
                unit="upd", mininterval=1.0)
     learner.train()
-    with open(output / LOG_FILE, "a") as log:
+    with bar, open(output / LOG_FILE, "a") as log:  # the bar closes on an error too
         for step in range(start + 1, config.updates + 1):
             for key, value in learner.update(data.sample(config.batch_size, generator)).items():
                 sums[key] = sums[key] + value if key in sums else value.clone()
@@ -282,7 +282,6 @@ def train_policy(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
             if step % config.checkpoint_every == 0 or step == config.updates:
                 _save_checkpoint(output, step, learner, generator, best)
             bar.update(1)
-    bar.close()
     elapsed = time.perf_counter() - began
     selected = config.updates
     if config.select != "last":

@@ -108,3 +108,33 @@ def test_running_out_of_memory_is_one_line_not_a_traceback():
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr and "kalm separation: error: out of memory" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+class _Payload:
+    """Pickles as a call that creates ``marker``: what a crafted checkpoint would run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_grounding_checkpoint_is_loaded_without_running_code(tmp_path):
+    """Resuming ``kalm ground`` from a checkpoint whose state file was replaced by a pickle that
+    would create a file: refused by name, and the file is never created."""
+    import shutil
+
+    import torch
+
+    from tests.fault_cases import _ground_argv
+
+    with temporary_minari_root(tmp_path / "minari"):
+        workspace = Workspace(tmp_path)
+        run = tmp_path / "ground"
+        assert kalm_main([str(a) for a in _ground_argv(workspace, run, steps=2)]) == 0
+        shutil.rmtree(run / "final")  # as if killed after checkpoint-1
+        marker = tmp_path / "payload-ran"
+        torch.save({"step": 1, "rng": _Payload(marker)}, run / "checkpoint-1" / "training_state.pt")
+        assert kalm_main([str(a) for a in _ground_argv(workspace, run, steps=2)]) == 2
+    assert not marker.exists()

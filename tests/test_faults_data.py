@@ -282,3 +282,12 @@ def test_a_full_disk_is_one_clear_error_and_leaves_nothing_visible(argv, limit, 
     assert "File too large" in lines[0] and f"{written}'" in lines[0]
     assert {path.name for path in minari_root.iterdir()} <= {".kalm-staging"}  # hidden: what a resume reuses
     assert minari.list_local_datasets() == {}
+
+
+def test_ids_that_flatten_alike_get_staging_folders_of_their_own(minari_root):
+    from kalm_envs.dataset_paths import lock_file, staging_dir
+
+    ids = ("kalm/a__b/c-v0", "kalm/a/b__c-v0", "kalm/" + "x" * 240 + "/y-v0")
+    folders = [staging_dir(i) for i in ids]
+    assert len(set(folders)) == 2 + 1 and len({lock_file(i) for i in ids}) == 3
+    assert all(len(folder.name) <= 255 and folder.parent.name == ".kalm-staging" for folder in folders)
