@@ -27,7 +27,7 @@ import torch
 
 from kalm_envs.goals import Goal
 from kalm_envs.language import parse_instruction
-from kalm_envs.registration import ENV_IDS
+from kalm_envs.replay import replay_actions
 from kalm_envs.rollout import Episode
 from kalm_gen.diagnostics import (
     action_agreement,
@@ -55,45 +55,9 @@ EXPLANATION_KEYS = ("episodes", "accuracy", "parse_rate", "examples")
 
 
 def replay_rollouts(level: str, tasks: ImaginationTasks, rollouts: Sequence[Episode]) -> dict[str, Any]:
-    """Replay each rollout's actions in the real env (same goal, wording and initial state).
-
-    Returns ``replay_match_rate``, ``state_error_mean``, ``state_error_max`` (m; None when no
-    rollout has a step), the per-rollout ``replay_success`` list and ``replayed`` states
-    ``(T_i + 1, 10)`` (float64, the simulator's, up to where it ended).
-    """
-    import gymnasium as gym
-
-    import kalm_envs  # noqa: F401  (registers the env ids)
-
-    env = gym.make(ENV_IDS[level])
-    errors: list[float] = []
-    successes: list[bool] = []
-    replayed: list[np.ndarray] = []
-    for i, rollout in enumerate(rollouts):
-        observation, _ = env.reset(options={
-            "goal": tasks.goals[i], "instruction": tasks.instructions[i],
-            "initial_state": tasks.initial_states[i].astype(np.float64),
-        })
-        success = False
-        states = [observation["observation"].astype(np.float64)]
-        for t, action in enumerate(rollout.actions, start=1):
-            observation, _, terminated, truncated, info = env.step(int(action))
-            states.append(observation["observation"].astype(np.float64))
-            gap = (observation["observation"].astype(np.float64) - rollout.observations[t]).reshape(-1, 2)
-            errors.append(float(np.hypot(gap[:, 0], gap[:, 1]).mean()))
-            success = bool(info["is_success"])
-            if terminated or truncated:
-                break
-        successes.append(success)
-        replayed.append(np.stack(states))
-    env.close()
-    return {
-        "replay_match_rate": float(np.mean(successes)) if successes else 0.0,
-        "state_error_mean": float(np.mean(errors)) if errors else None,
-        "state_error_max": float(np.max(errors)) if errors else None,
-        "replay_success": successes,
-        "replayed": replayed,
-    }
+    """Replay each rollout's actions in the real env with its task's goal, wording and initial
+    state (:func:`kalm_envs.replay.replay_actions`, which says what the result holds)."""
+    return replay_actions(level, tasks.goals, tasks.instructions, tasks.initial_states, rollouts)
 
 
 def rollout_quality(

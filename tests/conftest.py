@@ -9,6 +9,15 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
 
 
+@pytest.fixture
+def minari_root(tmp_path, monkeypatch):
+    """An empty Minari root of the test's own (``MINARI_DATASETS_PATH``)."""
+    root = tmp_path / "minari"
+    root.mkdir()
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
+    return root
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread for a module (use with ``pytestmark = pytest.mark.usefixtures(...)``): on 2

@@ -33,13 +33,6 @@ HARD = "kalm/clevr-robot/oracle-hard-v0"
 KALM_FILE = Path(__file__).resolve().parents[2] / "shared" / "external" / "kalm" / "clevr_robot.npy"
 
 
-@pytest.fixture
-def minari_root(tmp_path, monkeypatch):
-    root = tmp_path / "minari"
-    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
-    return root
-
-
 @pytest.fixture(scope="module")
 def built_real(tmp_path_factory):
     """A 12-episode real-v0 in its own root, shared by the read-only tests."""

@@ -36,14 +36,6 @@ KALM_FILE = KALM_DIR / "clevr_robot.npy"
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def minari_root(tmp_path, monkeypatch):
-    root = tmp_path / "minari"
-    root.mkdir()
-    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
-    return root
-
-
 def _tree(folder: Path) -> set[str]:
     """Every file and folder under ``folder``, relative to it."""
     return {str(path.relative_to(folder)) for path in folder.rglob("*")}

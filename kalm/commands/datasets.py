@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from kalm.commands import add_json_flag, path_argument
 from kalm_envs.collector import REF_EPISODES, build_dataset
-from kalm_envs.dataset_checks import check_files, dataset_folder
+from kalm_envs.dataset_checks import check_files, dataset_folder, read_dataset
 from kalm_envs.dataset_paths import dataset_dir, datasets_root
 from kalm_envs.dataset_specs import get_spec, list_specs
 from kalm_envs.kalm_import import import_kalm
 from kalm_envs.minari_io import read_metadata
+from kalm_envs.replay import label_audit
+from kalm_envs.rollout import unpack_episodes
+from kalm_envs.validation import check_count
 from kalm_envs.verify import verify_dataset
 
 HELP = "list, build, inspect, verify and import the Minari datasets"
@@ -42,7 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     kalm.add_argument("id")
     kalm.add_argument("--ref-episodes", type=int, default=REF_EPISODES,
                       help="random-policy and oracle episodes behind the reference scores")
-    for command in (build, info, verify, kalm):
+    replay = sub.add_parser("replay", help="replay each episode's pushes in the simulator: how far the dataset's "
+                            "states and success labels hold (for imagined data: the claim --imagined-episodes "
+                            "successful trusts)")
+    replay.add_argument("id")
+    replay.add_argument("--episodes", type=int, help="only the first this many episodes (default: all)")
+    for command in (build, info, verify, kalm, replay):
         add_json_flag(command)
 
 
@@ -103,6 +110,28 @@ def _verify(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
     return summary, report.table(), 0 if report.ok else 1
 
 
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _replay(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
+    level, packed = read_dataset(args.id)
+    episodes = unpack_episodes(packed)
+    if args.episodes is not None:
+        episodes = episodes[: check_count(args.episodes, "--episodes")]
+    audit = label_audit(level, episodes)
+    error = "-" if audit["state_error_mean"] is None else f"{audit['state_error_mean']:.3f} m"
+    text = "\n".join([
+        f"{args.id} ({level}): {audit['episodes']} episodes replayed in the simulator",
+        f"reach the goal in the simulator: {_percent(audit['replay_match_rate'])}",
+        f"labelled successful (goal met in the dataset's own last state): {audit['labelled_successful']}, "
+        f"of which the simulator confirms {_percent(audit['confirmed_rate'])}",
+        f"not labelled successful, yet reaching the goal in the simulator: {_percent(audit['unlabelled_replay_rate'])}",
+        f"state error after each push: mean {error}",
+    ])
+    return {"id": args.id, "level": level, **audit}, text, 0
+
+
 def _import_kalm(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
     path = import_kalm(args.path, args.id, ref_episodes=args.ref_episodes)
     report = verify_dataset(args.id)
@@ -111,4 +140,5 @@ def _import_kalm(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
     return summary, report.table(), 0 if report.ok else 1
 
 
-_ACTIONS = {"list": _list, "build": _build, "info": _info, "verify": _verify, "import-kalm": _import_kalm}
+_ACTIONS = {"list": _list, "build": _build, "info": _info, "verify": _verify, "import-kalm": _import_kalm,
+            "replay": _replay}
