@@ -231,11 +231,11 @@ def test_default_preset_imagines_with_the_published_model() -> None:
 
 def test_a_rerun_sweeps_temporaries_of_killed_writes(first) -> None:
     """A marker or report write killed mid-way leaves ``.NAME.tmp-PID``; the next run removes it."""
-    root, _ = first
+    root, report = first
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()  # its pid is that of a process that has ended
     run = root / "smoke"
-    stage = next(run.glob("stages/evaluate-*"))
+    stage = Path(report["stages"]["evaluate"]["folder"])  # the preset's (other tests add others)
     left = [run / f".report.json.tmp-{process.pid}", stage / f".{MARKER}.tmp-{process.pid}"]
     for path in left:
         path.write_text("half")
