@@ -22,11 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from kalm_envs.collector import REF_EPISODES, REF_SEED_OFFSET, reference_scores
+from kalm_envs.collector import REF_EPISODES, REF_SEED_OFFSET, ref_episodes_option, reference_scores
 from kalm_envs.dataset_paths import check_dataset_id, dataset_build
 from kalm_envs.dataset_specs import get_spec, package_version, published_id
 from kalm_envs.minari_io import write_dataset
 from kalm_envs.registration import ENV_IDS, EPISODE_STEPS
+from kalm_envs.validation import check_count, check_seed
 from kalm_gen.published import resolve_model
 from kalm_gen.imagine import (
     DEFAULT_BATCH_SIZE,
@@ -123,11 +124,10 @@ def write_imagined_dataset(
         raise ValueError(f"level {level!r} has no imagined dataset; imagined levels: {IMAGINED_LEVELS}")
     spec = get_spec(published_id("imagined", level))
     dataset_id = spec.id if dataset_id is None else check_dataset_id(dataset_id)
-    episodes = spec.episodes if episodes is None else episodes
-    seed = spec.seed if seed is None else seed
+    episodes = spec.episodes if episodes is None else check_count(episodes, "episodes")
+    seed = spec.seed if seed is None else check_seed(seed)
+    check_count(batch_size, "batch_size")  # these three before the model loads
     max_steps = check_max_steps(level, max_steps)
-    if episodes < 1:
-        raise ValueError(f"episodes {episodes} must be at least 1")
     if ref_episodes < 1 or workers < 1:
         raise ValueError(f"ref_episodes {ref_episodes} and workers {workers} must be at least 1")
     model_name = str(model_dir)
@@ -151,7 +151,8 @@ def write_imagined_dataset(
         command = (f"kalm imagine --model {model_name} --level {level} --episodes {episodes} --seed {seed} "
                    f"--batch-size {batch_size} --id {dataset_id}" + (" --drop-invalid" if drop_invalid else "")
                    + (f" --max-steps {max_steps}" if max_steps != EPISODE_STEPS[level] else "")
-                   + (f" --temperature {temperature} --sample-seed {sample_seed}" if temperature > 0 else ""))
+                   + (f" --temperature {temperature} --sample-seed {sample_seed}" if temperature > 0 else "")
+                   + ref_episodes_option(ref_episodes))
         provenance = {
             "source": "imagined",
             "level": level,

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from tests.fuzz_cases import BASE_ID, Case, CliFailure, Workspace, cli
+from tests.fuzz_cases import BASE_ID, Case, Workspace, cli
 
 HUGE = str(10**12)
 SEEDS_OUT_OF_RANGE = ("-1", str(2**64))
@@ -352,5 +352,3 @@ def fault_cases() -> list[Case]:
     return [*policy_file_cases(), *model_folder_cases(), *checkpoint_cases(), *seed_cases(), *size_cases(),
             *empty_output_cases(), *run_setting_cases()]
 
-
-__all__ = ["CliFailure", "RanAStage", "fault_cases"]

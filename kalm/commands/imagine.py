@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from kalm.commands import add_json_flag, path_argument
+from kalm_envs.collector import REF_EPISODES
 from kalm_envs.dataset_specs import published_id
 from kalm_envs.minari_io import read_metadata
 from kalm_envs.verify import verify_dataset
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample-seed", type=int, default=0, help="seed of the action sampling")
     parser.add_argument("--max-steps", type=int, help="steps per rollout, at most the level's steps "
                                                       "(default: that limit, 1 on easy and 50 on the others)")
-    parser.add_argument("--ref-episodes", type=int, default=100,
+    parser.add_argument("--ref-episodes", type=int, default=REF_EPISODES,
                         help="random-policy and oracle episodes behind the reference scores")
     parser.add_argument("--workers", type=int, default=1, help="worker processes for the reference scores")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; on a busy "

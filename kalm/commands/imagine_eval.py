@@ -8,6 +8,7 @@ from typing import Any
 
 from kalm.commands import add_json_flag, path_argument
 from kalm.commands.imagine import set_threads
+from kalm_envs.validation import check_count, check_seed
 from kalm_gen.imagine import DEFAULT_BATCH_SIZE
 from kalm_gen.imagine_dataset import IMAGINED_LEVELS
 from kalm_gen.published import DEFAULT_MODEL, resolve_model
@@ -98,8 +99,9 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
     from kalm_gen.grounded_lm import GroundedLM
 
     set_threads(args.threads)
-    if args.episodes < 1:
-        raise ValueError(f"--episodes {args.episodes} must be at least 1")
+    check_count(args.episodes, "--episodes")  # these before the model loads
+    check_seed(args.seed, "--seed")
+    check_count(args.batch_size, "--batch-size")
     resolve_model(args.model)  # a bad name fails before the real episodes are read
     real = held_out_episodes(args.real_dataset, args.real_episodes) if args.real_dataset else None
     model = GroundedLM.load(args.model)
