@@ -6,7 +6,8 @@ A rollout is generated in the layout of :func:`kalm_gen.sequences.rollout_sequen
 - the hidden state at the last state slot ``S_t`` -> ``action_head`` -> action ``a_t`` (argmax, or
   drawn from ``softmax(logits / temperature)`` with the episode's own seeded ``torch.Generator``);
 - the action slot ``A_t`` is fed -> ``state_head`` gives the next state ``S_{t+1}`` from ``S_t``
-  (:meth:`~kalm_gen.grounded_lm.GroundedLM.next_state`);
+  (:meth:`~kalm_gen.grounded_lm.GroundedLM.next_state`; :class:`SimulatorDynamics` takes the
+  simulator's next state instead, a closed-loop run of the model's actions);
 - the state slot ``S_{t+1}`` is fed, and so on.
 
 Design:
@@ -311,15 +312,78 @@ def _check_inputs(
     return goal_arrays, instructions, states, seeds, max_steps
 
 
+class ModelDynamics:
+    """The grounded LM's own next states: its state head at the action slot
+    (:meth:`~kalm_gen.grounded_lm.GroundedLM.next_state`). What imagination uses."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def __call__(self, hidden: torch.Tensor, before: np.ndarray, actions: np.ndarray, episodes: np.ndarray) -> np.ndarray:
+        """``(B, 10)`` float32 next states from the ``(B, d)`` hidden states at the action slots,
+        the ``(B, 10)`` states before the actions (m), the ``(B,)`` actions and the ``(B,)`` episode
+        indices (unused here)."""
+        state = torch.as_tensor(before, device=hidden.device)
+        return self.model.next_state(hidden, state).cpu().numpy().astype(np.float32)
+
+
+class SimulatorDynamics:
+    """The simulator's next states instead of the model's: each episode gets an env of ``level``
+    reset to its goal, wording and initial state and stepped with the chosen actions (ball
+    velocities carry over between pushes, as in the env). Generating with it runs the grounded
+    LM's action head as a closed-loop policy, which tells its actions apart from its state head's
+    errors. An ended episode's env is reset for the next one, so no more envs than a batch's rows
+    are ever made. Call :meth:`close` when done."""
+
+    def __init__(self, level: str, goals: np.ndarray, instructions: Sequence[str], initial_states: np.ndarray) -> None:
+        self.level, self.goals, self.instructions = level, goals, list(instructions)
+        self.initial_states = np.asarray(initial_states, dtype=np.float64)
+        self.envs: dict[int, Any] = {}  # live episode -> its env
+        self.spare: list[Any] = []  # envs of ended episodes, to reset for new ones
+
+    def _env(self, episode: int) -> Any:
+        if episode not in self.envs:
+            if self.spare:
+                env = self.spare.pop()
+            else:
+                import gymnasium as gym
+
+                import kalm_envs  # noqa: F401  (registers the env ids)
+
+                env = gym.make(ENV_IDS[self.level])
+            env.reset(options={"goal": self.goals[episode], "instruction": self.instructions[episode],
+                               "initial_state": self.initial_states[episode]})
+            self.envs[episode] = env
+        return self.envs[episode]
+
+    def __call__(self, hidden: torch.Tensor, before: np.ndarray, actions: np.ndarray, episodes: np.ndarray) -> np.ndarray:
+        """``(B, 10)`` float32 ball centres after pushing ``actions[b]`` in episode ``episodes[b]``'s
+        env (``hidden`` and ``before`` are unused: the env holds the state). Episodes no longer
+        among ``episodes`` have ended (the generation loop never brings one back): their envs
+        become spares."""
+        for episode in set(self.envs) - {int(e) for e in episodes}:
+            self.spare.append(self.envs.pop(episode))
+        return np.stack([
+            self._env(int(episode)).step(int(action))[0]["observation"] for episode, action in zip(episodes, actions, strict=True)
+        ]).astype(np.float32)
+
+    def close(self) -> None:
+        for env in [*self.envs.values(), *self.spare]:
+            env.close()
+        self.envs.clear()
+        self.spare.clear()
+
+
 def _generate(
     decoder_class: type[_Decoder], model: Any, goals: Any, instructions: Sequence[str], initial_states: Any,
     level: str, max_steps: int | None, batch_size: int, temperature: float, seed: int, seeds: Any,
-    stop_early: bool, progress: bool,
+    stop_early: bool, progress: bool, dynamics: Any,
 ) -> list[ImaginedEpisode]:
     goal_arrays, instructions, initial, seeds, max_steps = _check_inputs(
         goals, instructions, initial_states, level, max_steps, batch_size, temperature, seed, seeds
     )
     n = len(goal_arrays)
+    dynamics = ModelDynamics(model) if dynamics is None else dynamics
     device = next(model.parameters()).device
     states: list[list[np.ndarray]] = [[initial[i]] for i in range(n)]
     actions: list[list[int]] = [[] for _ in range(n)]
@@ -340,8 +404,7 @@ def _generate(
                 for step in range(1, max_steps + 1):
                     chosen = _choose_actions(model.action_head(hidden), temperature, generators)
                     hidden = decoder.feed(ACTION_SLOT, actions=chosen)
-                    before = torch.as_tensor(current, device=hidden.device)
-                    following = model.next_state(hidden, before).cpu().numpy().astype(np.float32)
+                    following = dynamics(hidden, current, chosen, live)
                     valid = state_valid(following)
                     success = np.zeros(len(live), dtype=bool)
                     if valid.any():
@@ -420,6 +483,7 @@ def imagine_rollouts(
     stop_early: bool = True,
     progress: bool = False,
     use_cache: bool = True,
+    dynamics: Any = None,
 ) -> list[ImaginedEpisode]:
     """Imagine one rollout per (goal, instruction, initial state) with the KV cache.
 
@@ -438,6 +502,9 @@ def imagine_rollouts(
             states are still labelled and flagged (``invalid_step`` = the first invalid state),
             but they stop nothing and cut nothing.
         use_cache: False recomputes the whole sequence at every step (the reference).
+        dynamics: where next states come from: None (the model's state head,
+            :class:`ModelDynamics`) or a :class:`SimulatorDynamics` of the same episodes, which makes
+            the rollouts closed-loop runs of the model's actions in the simulator.
 
     Returns:
         :class:`ImaginedEpisode` per input, in order (see the module docstring for stopping,
@@ -445,7 +512,7 @@ def imagine_rollouts(
     """
     return _generate(
         _CachedDecoder if use_cache else _FullDecoder, model, goals, instructions, initial_states,
-        level, max_steps, batch_size, temperature, seed, seeds, stop_early, progress,
+        level, max_steps, batch_size, temperature, seed, seeds, stop_early, progress, dynamics,
     )
 
 
@@ -462,8 +529,19 @@ def imagine_tasks(model: Any, tasks: ImaginationTasks, **kwargs: Any) -> list[Im
     )
 
 
+def act_in_simulator(model: Any, tasks: ImaginationTasks, **kwargs: Any) -> list[ImaginedEpisode]:
+    """:func:`imagine_tasks` with the simulator's states (:class:`SimulatorDynamics`): the model's
+    action head as a closed-loop policy, each action chosen on the state the simulator reached.
+    The episodes' labels are then the simulator's own."""
+    dynamics = SimulatorDynamics(tasks.level, tasks.goals, tasks.instructions, tasks.initial_states)
+    try:
+        return imagine_tasks(model, tasks, dynamics=dynamics, **kwargs)
+    finally:
+        dynamics.close()
+
+
 __all__ = [
     "DEFAULT_BATCH_SIZE", "INVALID_RULE", "WORKBENCH_HIGH", "WORKBENCH_LOW",
-    "ImaginationTasks", "ImaginedEpisode", "check_level", "check_max_steps", "imagine_rollouts",
+    "ImaginationTasks", "act_in_simulator", "ImaginedEpisode", "ModelDynamics", "SimulatorDynamics", "check_level", "check_max_steps", "imagine_rollouts",
     "imagine_rollouts_no_cache", "imagine_tasks", "label_episode", "level_tasks", "state_valid",
 ]

@@ -9,6 +9,11 @@ sha256 over the saved model's files), generation settings, seeds, and the counts
 dropped rollouts. Reference scores are the random-policy and oracle mean returns on the level
 (:func:`kalm_envs.collector.reference_scores`), as for the level's oracle dataset. Rollouts stop
 at the level's steps by default (one push on easy, 50 on the others).
+
+``states="simulator"`` writes closed-loop runs instead (:func:`kalm_gen.imagine.act_in_simulator`):
+the model chooses every action, the simulator gives every next state. Such a dataset is what the
+model's rollouts would be with a perfect state head, so training on it bounds what a better state
+head can add; it is recorded as such in the provenance (``generation.states``).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from kalm_envs.dataset_paths import check_dataset_id, dataset_build
 from kalm_envs.dataset_specs import get_spec, package_version, published_id
 from kalm_envs.minari_io import write_dataset
 from kalm_envs.registration import ENV_IDS, EPISODE_STEPS
-from kalm_envs.validation import check_count, check_seed
+from kalm_envs.validation import check_choice, check_count, check_seed
 from kalm_gen.published import resolve_model
 from kalm_gen.imagine import (
     DEFAULT_BATCH_SIZE,
@@ -35,11 +40,14 @@ from kalm_gen.imagine import (
     ImaginedEpisode,
     check_level,
     check_max_steps,
+    act_in_simulator,
     imagine_tasks,
     level_tasks,
 )
 
 IMAGINED_LEVELS = ("rephrase", "easy", "hard")
+#: Where an imagined dataset's next states come from: the model's state head, or the simulator.
+STATE_SOURCES = ("model", "simulator")
 ALGORITHM_NAME = "GroundedLM-imagination"
 
 
@@ -99,6 +107,7 @@ def write_imagined_dataset(
     workers: int = 1,
     progress: bool = False,
     model: Any = None,
+    states: str = "model",
 ) -> Path:
     """Imagine ``episodes`` rollouts of ``level`` with the model saved in ``model_dir`` (a folder,
     or the name of a published model, :func:`kalm_gen.published.resolve_model`) and write
@@ -109,6 +118,8 @@ def write_imagined_dataset(
     ``max_steps`` to the level's steps (1 on easy, 50 on the others), which it may not exceed.
     ``temperature`` 0 is greedy; else actions are sampled with ``sample_seed``. ``model`` may
     pass the already loaded model of ``model_dir`` (it is still checksummed from the folder).
+    ``states`` is ``"model"`` (imagination) or ``"simulator"`` (closed-loop runs of the model's
+    actions, see the module docstring).
 
     The build holds the id's build lock (:mod:`kalm_envs.dataset_paths`) from before the model
     is loaded to the end.
@@ -126,7 +137,8 @@ def write_imagined_dataset(
     dataset_id = spec.id if dataset_id is None else check_dataset_id(dataset_id)
     episodes = spec.episodes if episodes is None else check_count(episodes, "episodes")
     seed = spec.seed if seed is None else check_seed(seed)
-    check_count(batch_size, "batch_size")  # these three before the model loads
+    check_count(batch_size, "batch_size")  # these before the model loads
+    check_choice(states, "states", STATE_SOURCES)
     max_steps = check_max_steps(level, max_steps)
     if ref_episodes < 1 or workers < 1:
         raise ValueError(f"ref_episodes {ref_episodes} and workers {workers} must be at least 1")
@@ -138,7 +150,8 @@ def write_imagined_dataset(
         generator = generator_provenance(model, model_dir)
 
         tasks = level_tasks(level, episodes, seed)
-        rollouts = imagine_tasks(
+        generate = act_in_simulator if states == "simulator" else imagine_tasks
+        rollouts = generate(
             model, tasks, max_steps=max_steps, batch_size=batch_size, temperature=temperature,
             seed=sample_seed, progress=progress,
         )
@@ -152,6 +165,7 @@ def write_imagined_dataset(
                    f"--batch-size {batch_size} --id {dataset_id}" + (" --drop-invalid" if drop_invalid else "")
                    + (f" --max-steps {max_steps}" if max_steps != EPISODE_STEPS[level] else "")
                    + (f" --temperature {temperature} --sample-seed {sample_seed}" if temperature > 0 else "")
+                   + (" --states simulator" if states == "simulator" else "")
                    + ref_episodes_option(ref_episodes))
         provenance = {
             "source": "imagined",
@@ -168,6 +182,8 @@ def write_imagined_dataset(
                 "max_steps": max_steps,
                 "batch_size": batch_size,
                 "kv_cache": True,
+                "states": "the model's state head" if states == "model" else (
+                    "the simulator's (closed-loop runs of the model's actions: the bound of a perfect state head)"),
                 "stop": "at success (kalm_envs.predicates.is_success) or max_steps",
                 "tasks": f"episode i: env.reset(seed={seed} + i) of {ENV_IDS[level]}",
                 "invalid_rule": INVALID_RULE,
@@ -185,8 +201,9 @@ def write_imagined_dataset(
             "kalm_gym_version": package_version(),
             "versions": _versions(),
         }
-        description = spec.description if dataset_id == spec.id else (
-            f"Rollouts imagined by a grounded LLM for CLEVR-Robot {level} goals.")
+        description = spec.description if dataset_id == spec.id and states == "model" else (
+            f"Rollouts imagined by a grounded LLM for CLEVR-Robot {level} goals." if states == "model" else
+            f"A grounded LLM's actions for CLEVR-Robot {level} goals, run closed-loop in the simulator.")
         return write_dataset(dataset_id, kept, ENV_IDS[level], description, provenance, ref_scores,
                              algorithm_name=ALGORITHM_NAME)
 

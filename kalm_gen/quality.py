@@ -40,6 +40,7 @@ from kalm_gen.imagine import (
     DEFAULT_BATCH_SIZE,
     ImaginationTasks,
     ImaginedEpisode,
+    act_in_simulator,
     imagine_tasks,
     level_tasks,
 )
@@ -69,7 +70,9 @@ def rollout_quality(
     ``diagnose``, ``error_by_horizon`` and ``one_step`` (:mod:`kalm_gen.diagnostics`) too, and
     ``goal_matched_replay``: how many rollouts reach the goal in their own states and the share of
     those the simulator confirms (the precision of the model's claim, which is what a filter on
-    imagined success trusts)."""
+    imagined success trusts), and ``closed_loop``: the success rate and mean length of the model's
+    greedy actions run as a policy in the simulator (:func:`~kalm_gen.imagine.act_in_simulator`),
+    which is what its rollouts would reach with a perfect state head."""
     tasks = level_tasks(level, episodes, seed)
     rollouts: list[ImaginedEpisode] = imagine_tasks(model, tasks, max_steps=max_steps, batch_size=batch_size)
     replay = replay_rollouts(level, tasks, rollouts)
@@ -91,6 +94,9 @@ def rollout_quality(
         claimed = [hit for hit, e in zip(replay["replay_success"], rollouts) if e.success]
         row["goal_matched_replay"] = {"rollouts": len(claimed),
                                       "replay_match_rate": float(np.mean(claimed)) if claimed else None}
+        acted = act_in_simulator(model, tasks, max_steps=max_steps, batch_size=batch_size)
+        row["closed_loop"] = {"success_rate": float(np.mean([e.success for e in acted])),
+                              "mean_length": float(np.mean([e.length for e in acted]))}
     return row
 
 

@@ -25,10 +25,12 @@ from kalm_envs.language import instruction_variants
 from kalm_envs.minari_io import read_episodes, read_metadata
 from kalm_envs.oracle import oracle_episodes
 from kalm_envs.predicates import is_success, transition_outcome
+from kalm_envs.replay import label_audit
 from kalm_envs.verify import verify_dataset
 from kalm_gen.grounded_lm import GroundedLM, GroundedLMConfig, to_tensors
 from kalm_gen.imagine import (
     ImaginedEpisode,
+    act_in_simulator,
     imagine_rollouts,
     imagine_rollouts_no_cache,
     imagine_tasks,
@@ -307,6 +309,24 @@ def test_drop_invalid_drops_the_cut_rollouts(written):
     assert all(not e.truncations.any() or e.length == 50 for e in read_episodes("test/imagined-dropped-v0"))
 
 
+def test_a_closed_loop_dataset_holds_the_simulators_states_and_labels(written):
+    """``states="simulator"``: the drifting model's own states leave the workbench (the kept dataset
+    above has cut rollouts), but written closed-loop its episodes are the simulator's, so a replay
+    confirms every state and every label, and the provenance and build command say so."""
+    write_imagined_dataset(written["folder"], "rephrase", episodes=6, seed=0, batch_size=4, ref_episodes=2,
+                           dataset_id="test/closed-loop-v0", states="simulator")
+    assert verify_dataset("test/closed-loop-v0").ok
+    kalm = read_metadata("test/closed-loop-v0")["kalm"]
+    assert "simulator" in kalm["generation"]["states"] and kalm["build_command"].endswith("--states simulator --ref-episodes 2")
+    assert kalm["counts"]["invalid"] == 0 and read_metadata(published_id("imagined", "rephrase"))["kalm"]["counts"]["invalid"] > 0
+    audit = label_audit("rephrase", read_episodes("test/closed-loop-v0"))
+    assert audit["state_error_max"] < 1e-6 and audit["confirmed_rate"] in (None, 1.0)
+    assert audit["unlabelled_replay_rate"] in (None, 0.0)
+    with pytest.raises(ValueError, match="states 'oracle'"):
+        write_imagined_dataset(written["folder"], "rephrase", episodes=2, dataset_id="test/closed-bad-v0", states="oracle")
+    assert not (written["root"] / "test" / "closed-bad-v0").exists()
+
+
 def test_writer_bad_input(written, model, tmp_path):
     folder = written["folder"]
     with pytest.raises(ValueError, match="hrad"):
@@ -341,6 +361,26 @@ def test_rollout_quality_metrics(model):
     claimed = diagnosed["goal_matched_replay"]
     assert claimed["rollouts"] == round(4 * diagnosed["goal_match_rate"])
     assert (claimed["replay_match_rate"] is None) == (claimed["rollouts"] == 0)
+
+
+def test_acting_in_the_simulator_takes_the_simulators_states_and_labels(model):
+    """Closed-loop runs of the model's actions hold exactly the states the simulator reaches with
+    those actions (a replay matches them to float32 rounding) and its success labels, whatever the
+    state head says: a head rigged to throw every ball off the workbench changes nothing."""
+    tasks = level_tasks("hard", 4, 7)
+    acted = act_in_simulator(model, tasks, batch_size=3)
+    thrown = act_in_simulator(rigged(model, [9.0] * 10), tasks, batch_size=3)
+    replay = replay_rollouts("hard", tasks, acted)
+    assert replay["state_error_max"] < 1e-6
+    assert [e.success for e in acted] == replay["replay_success"]
+    assert not any(e.invalid for e in acted) and [e.length for e in acted] == [len(r) - 1 for r in replay["replayed"]]
+    for ours, theirs in zip(acted, thrown, strict=True):
+        assert np.array_equal(ours.observations, theirs.observations) and np.array_equal(ours.actions, theirs.actions)
+    imagined = imagine_tasks(rigged(model, [9.0] * 10), tasks, batch_size=3)
+    assert all(e.invalid for e in imagined)  # the same rigged head, on its own states, leaves the bench
+    row = rollout_quality(model, "hard", episodes=4, seed=7, batch_size=3, diagnose=True)
+    assert row["closed_loop"] == {"success_rate": float(np.mean([e.success for e in acted])),
+                                  "mean_length": float(np.mean([e.length for e in acted]))}
 
 
 def test_diagnostics_of_simulated_and_drifting_rollouts(model):
@@ -445,9 +485,11 @@ def test_commands(written, capsys):
     json.dumps(report)
     report, text, code = imagine_eval_command.run(_parse(imagine_eval_command, [
         "--model", folder, "--levels", "easy", "--episodes", "2", "--real-dataset", published_id("imagined", "easy"),
-        "--real-episodes", "2", "--threads", "1",
+        "--real-episodes", "2", "--threads", "1", "--diagnose",
     ]))
     assert code == 0 and "goal match" in text and "explanation on 2 held-out episodes" in text
+    acted = report["levels"]["easy"]["closed_loop"]
+    assert f"easy closed loop (the model's actions on the simulator's states): success {acted['success_rate']:.1%}" in text
     assert set(ROLLOUT_KEYS) <= set(report["levels"]["easy"])
     assert 0.0 <= report["explanation"]["accuracy"] <= 1.0
     json.dumps(report)

@@ -12,7 +12,7 @@ from kalm_envs.dataset_specs import published_id
 from kalm_envs.minari_io import read_metadata
 from kalm_envs.verify import verify_dataset
 from kalm_gen.imagine import DEFAULT_BATCH_SIZE
-from kalm_gen.imagine_dataset import IMAGINED_LEVELS, write_imagined_dataset
+from kalm_gen.imagine_dataset import IMAGINED_LEVELS, STATE_SOURCES, write_imagined_dataset
 from kalm_gen.published import DEFAULT_MODEL
 
 HELP = "imagine rollouts for a level's goals with a grounded LM and write them as a Minari dataset"
@@ -35,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample-seed", type=int, default=0, help="seed of the action sampling")
     parser.add_argument("--max-steps", type=int, help="steps per rollout, at most the level's steps "
                                                       "(default: that limit, 1 on easy and 50 on the others)")
+    parser.add_argument("--states", choices=STATE_SOURCES, default="model",
+                        help="where next states come from: the model's state head (imagination, the default) or "
+                             "the simulator (closed-loop runs of the model's actions: the bound of a perfect "
+                             "state head)")
     parser.add_argument("--ref-episodes", type=int, default=REF_EPISODES,
                         help="random-policy and oracle episodes behind the reference scores")
     parser.add_argument("--workers", type=int, default=1, help="worker processes for the reference scores")
@@ -50,7 +54,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
         args.model, args.level, episodes=args.episodes, seed=args.seed, batch_size=args.batch_size,
         dataset_id=dataset_id, drop_invalid=args.drop_invalid, temperature=args.temperature,
         sample_seed=args.sample_seed, max_steps=args.max_steps, ref_episodes=args.ref_episodes,
-        workers=args.workers, progress=True,
+        workers=args.workers, progress=True, states=args.states,
     )
     report = verify_dataset(dataset_id)
     metadata = read_metadata(dataset_id)

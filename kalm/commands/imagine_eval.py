@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--real-episodes", type=int, default=50)
     parser.add_argument("--diagnose", action="store_true",
                         help="also the figures behind the table: error by horizon, one-step errors (pushed "
-                             "ball, others, wall crossings, drift), action agreement and explanation parts")
+                             "ball, others, wall crossings, drift), the closed-loop success of the model's actions "
+                             "in the simulator, action agreement and explanation parts")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; on a busy "
                                                     "machine 1 can be several times faster for small batches)")
     add_json_flag(parser)
@@ -68,6 +69,9 @@ def quality_lines(report: dict[str, Any], real_source: str | None) -> list[str]:
             claimed = row["goal_matched_replay"]
             lines.append(f"  {level} goal matched in {claimed['rollouts']} rollouts; the simulator confirms "
                          f"{_fmt(claimed['replay_match_rate'], True)} of them")
+            acted = row["closed_loop"]
+            lines.append(f"  {level} closed loop (the model's actions on the simulator's states): success "
+                         f"{_fmt(acted['success_rate'], True)}, mean steps {acted['mean_length']:.2f}")
     if "explanation" in report:
         explanation = report["explanation"]
         lines.append(f"explanation on {explanation['episodes']} held-out episodes of {real_source}: "
