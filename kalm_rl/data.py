@@ -20,8 +20,9 @@ from kalm_envs.text_encoders import TextEncoder
 
 STATE_SCALE = 2.0
 """Ball coordinates (m) are multiplied by this before the networks see them: x in [-1, 1], y in [-0.6, 1.2]."""
-IMAGINED_EPISODES = ("all", "successful")
-"""Which imagined episodes a run samples: every one, or only those whose last state meets the goal."""
+IMAGINED_EPISODES = ("all", "successful", "final-push")
+"""Which imagined rows a run samples: every one; only those of episodes whose last state meets the
+goal; or only the last push of each such episode (the push that reached the goal)."""
 
 
 def episode_reached_goal(transitions: Transitions) -> np.ndarray:
@@ -39,6 +40,13 @@ def episode_reached_goal(transitions: Transitions) -> np.ndarray:
     reached = is_success(transitions.next_observations[ends], transitions.goals[ends],
                          transitions.observations[starts])
     return np.repeat(reached, ends - starts + 1)
+
+
+def episode_last_rows(transitions: Transitions) -> np.ndarray:
+    """``(N,)`` bool: the transition is its episode's last (rows grouped by episode, as for
+    :func:`episode_reached_goal`)."""
+    episodes = transitions.episode_ids
+    return np.r_[episodes[1:] != episodes[:-1], True] if len(episodes) else np.zeros(0, dtype=bool)
 
 
 def policy_inputs(states: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
@@ -110,7 +118,9 @@ class OfflineData:
     drawn uniformly with replacement. With no imagined data every row is real.
 
     ``imagined_episodes`` ``"successful"`` keeps only the imagined episodes whose last state meets
-    their goal (:func:`episode_reached_goal`); ``"all"`` keeps every one.
+    their goal (:func:`episode_reached_goal`); ``"final-push"`` only the last push of each of those
+    (the one that reached the goal, without the pushes that led to where it was made); ``"all"``
+    keeps every row.
     """
 
     def __init__(
@@ -129,11 +139,13 @@ class OfflineData:
         self.real_rows = torch.nonzero(~imagined).flatten()
         if len(self.real_rows) == 0:
             raise ValueError("no real transitions: give at least one real dataset")
-        if imagined_episodes == "successful" and imagined.any():
+        if imagined_episodes != "all" and imagined.any():
             kept = imagined & torch.as_tensor(episode_reached_goal(transitions))
+            if imagined_episodes == "final-push":
+                kept &= torch.as_tensor(episode_last_rows(transitions))
             if not kept.any():
                 raise ValueError("no imagined episode reaches its goal: nothing is left to sample "
-                                 "with imagined episodes 'successful'")
+                                 f"with imagined episodes {imagined_episodes!r}")
             imagined = kept
         self.imagined_rows = torch.nonzero(imagined).flatten()
         if len(self.imagined_rows) and not 0.0 < real_fraction < 1.0:

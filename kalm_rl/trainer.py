@@ -65,7 +65,8 @@ class TrainConfig:
         real_fraction: share of each batch drawn from ``datasets`` when ``imagined`` is given
             (0.5 is the KALM paper's 1:1).
         imagined_episodes: ``all`` samples every imagined episode; ``successful`` only those whose
-            last generated state meets their goal (:func:`kalm_rl.data.episode_reached_goal`).
+            last generated state meets their goal (:func:`kalm_rl.data.episode_reached_goal`);
+            ``final-push`` only the last push of each of those.
         encoder: instruction encoder name (``ordered``, ``hashed`` or ``minilm``), saved with the
             policy.
         updates: gradient steps; ``batch_size``: transitions per step.

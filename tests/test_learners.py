@@ -131,6 +131,23 @@ def test_successful_imagined_episodes_are_those_the_env_marked_successful(root, 
         OfflineData(transitions, [1, 2], HashedNgramEncoder(), imagined_episodes="succesful")
 
 
+def test_final_push_keeps_the_push_that_reached_each_goal(root):
+    """``final-push``: one row per successful imagined episode, its last, which the env marked as the
+    step that met the goal; the real rows are untouched."""
+    with temporary_minari_root(root):
+        transitions = load_transitions([REAL, IMAGINED, NOISY])
+        stand_ins = read_episodes(IMAGINED) + read_episodes(NOISY)
+    final = OfflineData(transitions, [1, 2], HashedNgramEncoder(), imagined_episodes="final-push")
+    successful = OfflineData(transitions, [1, 2], HashedNgramEncoder(), imagined_episodes="successful")
+    reached = [e for e in stand_ins if e.successes[-1]]
+    assert len(final.imagined_rows) == len(reached) < len(successful.imagined_rows)
+    assert torch.equal(final.real_rows, successful.real_rows)
+    rows = final.imagined_rows
+    assert len(set(final.episode_ids[rows].tolist())) == len(rows)  # one row an episode
+    assert bool(final.terminals[rows].all())  # each is the step the env ended at the goal
+    assert sorted(final.actions[rows].tolist()) == sorted(int(e.actions[-1]) for e in reached)
+
+
 def test_validation_keeps_the_best_weights_and_select_picks_them(root, tmp_path):
     run = tmp_path / "run"
     summary = _train(root, run, "bc", updates=1500, validation_fraction=0.1, params={"hidden": [64]})

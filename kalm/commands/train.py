@@ -45,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="real:imagined rows per batch when --imagined is given (default 1:1)")
     parser.add_argument("--imagined-episodes", default="all", metavar="WHICH",
                         help="all (default): every imagined episode; successful: only those whose last "
-                             "generated state meets their goal (the generator's claim; no simulator is run)")
+                             "generated state meets their goal (the generator's claim; no simulator is run); "
+                             "final-push: only the last push of each of those, the one that reached the goal")
     parser.add_argument("--encoder", default=DEFAULT_ENCODER, choices=ENCODER_NAMES,
                         help=f"instruction encoder (default {DEFAULT_ENCODER}: hashed n-grams and ordered word pairs)")
     parser.add_argument("--param", type=parse_param, action="append", default=[], metavar="NAME=VALUE",

@@ -171,6 +171,7 @@ def _imagined_use(train: dict[str, Any]) -> str:
     """How the train stage mixed imagined rows in, e.g. ``1:1, every episode``."""
     real = train["real_fraction"]
     ratio = f"{real / (1 - real):g}:1"
-    which = ("only episodes whose imagined last state meets the goal"
-             if train["imagined_episodes"] == "successful" else "every episode")
+    which = {"successful": "only episodes whose imagined last state meets the goal",
+             "final-push": "only the last push of episodes whose imagined last state meets the goal",
+             }.get(train["imagined_episodes"], "every episode")
     return f"{ratio}, {which}"
