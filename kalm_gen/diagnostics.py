@@ -127,7 +127,6 @@ def action_agreement(model: Any, episodes: Sequence[Episode], batch_size: int = 
     """Teacher-forced greedy actions of ``model`` at every state of real ``episodes`` (their
     recorded instruction and trajectory as the prompt) against the scripted oracle's push from
     that state (``oracle_agreement``) and the recorded push (``recorded_agreement``)."""
-    from kalm_envs.oracle import ScriptedOracle
     from kalm_gen.grounded_lm import to_tensors
     from kalm_gen.sequences import collate, rollout_sequence
 
@@ -147,17 +146,27 @@ def action_agreement(model: Any, episodes: Sequence[Episode], batch_size: int = 
     finally:
         model.train(was_training)
     oracle_hits = recorded_hits = total = 0
-    oracle = ScriptedOracle(epsilon=0.0, seed=0)
-    for episode, actions in zip(episodes, chosen, strict=True):
-        info = {"goal": episode.goal}
-        oracle.reset({"observation": episode.observations[0]}, info)
-        for t, action in enumerate(actions):
-            best = oracle.act({"observation": episode.observations[t]}, info)
-            oracle_hits += int(action == best)
-            recorded_hits += int(action == episode.actions[t])
-            total += 1
+    for episode, actions, best in zip(episodes, chosen, oracle_pushes(episodes), strict=True):
+        oracle_hits += int((actions == best).sum())
+        recorded_hits += int((actions == episode.actions).sum())
+        total += len(actions)
     return {"steps": total, "oracle_agreement": oracle_hits / max(total, 1),
             "recorded_agreement": recorded_hits / max(total, 1)}
+
+
+def oracle_pushes(episodes: Sequence[Episode]) -> list[np.ndarray]:
+    """Per episode, the ``(T,)`` int64 push the noise-free scripted oracle would make from each of
+    its states before the last (for the episode's goal), to set against the recorded ones."""
+    from kalm_envs.oracle import ScriptedOracle
+
+    oracle = ScriptedOracle(epsilon=0.0, seed=0)
+    pushes = []
+    for episode in episodes:
+        info = {"goal": episode.goal}
+        oracle.reset({"observation": episode.observations[0]}, info)
+        pushes.append(np.array([oracle.act({"observation": state}, info) for state in episode.observations[:-1]],
+                               dtype=np.int64))
+    return pushes
 
 
 def explanation_parts(texts: Sequence[str], episodes: Sequence[Episode]) -> dict[str, Any]:

@@ -542,6 +542,7 @@ def act_in_simulator(model: Any, tasks: ImaginationTasks, **kwargs: Any) -> list
 
 __all__ = [
     "DEFAULT_BATCH_SIZE", "INVALID_RULE", "WORKBENCH_HIGH", "WORKBENCH_LOW",
-    "ImaginationTasks", "act_in_simulator", "ImaginedEpisode", "ModelDynamics", "SimulatorDynamics", "check_level", "check_max_steps", "imagine_rollouts",
-    "imagine_rollouts_no_cache", "imagine_tasks", "label_episode", "level_tasks", "state_valid",
+    "ImaginationTasks", "ImaginedEpisode", "ModelDynamics", "SimulatorDynamics", "act_in_simulator",
+    "check_level", "check_max_steps", "imagine_rollouts", "imagine_rollouts_no_cache", "imagine_tasks",
+    "label_episode", "level_tasks", "state_valid",
 ]

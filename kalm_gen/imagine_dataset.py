@@ -38,9 +38,9 @@ from kalm_gen.imagine import (
     DEFAULT_BATCH_SIZE,
     INVALID_RULE,
     ImaginedEpisode,
+    act_in_simulator,
     check_level,
     check_max_steps,
-    act_in_simulator,
     imagine_tasks,
     level_tasks,
 )
@@ -201,9 +201,12 @@ def write_imagined_dataset(
             "kalm_gym_version": package_version(),
             "versions": _versions(),
         }
-        description = spec.description if dataset_id == spec.id and states == "model" else (
-            f"Rollouts imagined by a grounded LLM for CLEVR-Robot {level} goals." if states == "model" else
-            f"A grounded LLM's actions for CLEVR-Robot {level} goals, run closed-loop in the simulator.")
+        if states == "simulator":
+            description = f"A grounded LLM's actions for CLEVR-Robot {level} goals, run closed-loop in the simulator."
+        elif dataset_id == spec.id:
+            description = spec.description
+        else:
+            description = f"Rollouts imagined by a grounded LLM for CLEVR-Robot {level} goals."
         return write_dataset(dataset_id, kept, ENV_IDS[level], description, provenance, ref_scores,
                              algorithm_name=ALGORITHM_NAME)
 
