@@ -32,7 +32,7 @@ from kalm_envs.dataset_paths import check_dataset_id, dataset_build
 from kalm_envs.dataset_specs import get_spec, package_version, published_id
 from kalm_envs.minari_io import write_dataset
 from kalm_envs.registration import ENV_IDS, EPISODE_STEPS
-from kalm_envs.validation import check_choice, check_count, check_seed
+from kalm_envs.validation import check_choice, check_count, check_float, check_seed
 from kalm_gen.published import resolve_model
 from kalm_gen.imagine import (
     DEFAULT_BATCH_SIZE,
@@ -100,7 +100,7 @@ def write_imagined_dataset(
     batch_size: int = DEFAULT_BATCH_SIZE,
     dataset_id: str | None = None,
     drop_invalid: bool = False,
-    temperature: float = 0.0,
+    temperature: float | None = None,
     sample_seed: int = 0,
     max_steps: int | None = None,
     ref_episodes: int = REF_EPISODES,
@@ -112,11 +112,12 @@ def write_imagined_dataset(
     """Imagine ``episodes`` rollouts of ``level`` with the model saved in ``model_dir`` (a folder,
     or the name of a published model, :func:`kalm_gen.published.resolve_model`) and write
     them as ``dataset_id`` (default: the level's published imagined id, e.g.
-    ``kalm/clevr-robot/imagined-hard-v0``); return its folder.
+    ``kalm/clevr-robot/imagined-hard-v1``); return its folder.
 
     ``episodes`` and ``seed`` default to the published spec's (2000 from seed 1000000);
     ``max_steps`` to the level's steps (1 on easy, 50 on the others), which it may not exceed.
-    ``temperature`` 0 is greedy; else actions are sampled with ``sample_seed``. ``model`` may
+    ``temperature`` 0 is greedy; else actions are sampled with ``sample_seed``; None takes the
+    spec's (:attr:`~kalm_envs.dataset_specs.DatasetSpec.temperature`). ``model`` may
     pass the already loaded model of ``model_dir`` (it is still checksummed from the folder).
     ``states`` is ``"model"`` (imagination) or ``"simulator"`` (closed-loop runs of the model's
     actions, see the module docstring).
@@ -137,6 +138,8 @@ def write_imagined_dataset(
     dataset_id = spec.id if dataset_id is None else check_dataset_id(dataset_id)
     episodes = spec.episodes if episodes is None else check_count(episodes, "episodes")
     seed = spec.seed if seed is None else check_seed(seed)
+    temperature = spec.temperature if temperature is None else check_float(temperature, "temperature", 0.0)
+    check_seed(sample_seed, "sample_seed")
     check_count(batch_size, "batch_size")  # these before the model loads
     check_choice(states, "states", STATE_SOURCES)
     max_steps = check_max_steps(level, max_steps)
@@ -164,7 +167,7 @@ def write_imagined_dataset(
         command = (f"kalm imagine --model {model_name} --level {level} --episodes {episodes} --seed {seed} "
                    f"--batch-size {batch_size} --id {dataset_id}" + (" --drop-invalid" if drop_invalid else "")
                    + (f" --max-steps {max_steps}" if max_steps != EPISODE_STEPS[level] else "")
-                   + (f" --temperature {temperature} --sample-seed {sample_seed}" if temperature > 0 else "")
+                   + f" --temperature {temperature:g}" + (f" --sample-seed {sample_seed}" if temperature > 0 else "")
                    + (" --states simulator" if states == "simulator" else "")
                    + ref_episodes_option(ref_episodes))
         provenance = {

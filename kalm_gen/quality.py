@@ -1,7 +1,8 @@
 """How good a grounded LM's imagination is (``kalm imagine-eval``).
 
 Per level, on tasks drawn as for the imagined datasets (:func:`kalm_gen.imagine.level_tasks`),
-greedy rollouts are imagined and measured:
+rollouts are imagined (actions picked as the level's imagined spec picks them, or at a given
+temperature) and measured:
 
 | metric | meaning |
 |---|---|
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from kalm_envs.dataset_specs import imagined_temperature
 from kalm_envs.goals import Goal
 from kalm_envs.language import parse_instruction
 from kalm_envs.replay import replay_actions
@@ -64,21 +66,28 @@ def replay_rollouts(level: str, tasks: ImaginationTasks, rollouts: Sequence[Epis
 def rollout_quality(
     model: Any, level: str, episodes: int = 50, seed: int = QUALITY_SEED,
     batch_size: int = DEFAULT_BATCH_SIZE, max_steps: int | None = None, diagnose: bool = False,
+    temperature: float | None = None, sample_seed: int = 0,
 ) -> dict[str, Any]:
     """The rollout metrics of the module docstring on ``episodes`` tasks of ``level``; rollouts
-    stop at ``max_steps`` (default: the level's steps, 1 push on easy, 50 on the others). With
+    stop at ``max_steps`` (default: the level's steps, 1 push on easy, 50 on the others). Actions
+    are greedy at ``temperature`` 0, else drawn at that temperature with ``sample_seed`` (as
+    :func:`~kalm_gen.imagine.imagine_tasks` does), in the imagined and the closed-loop runs; None
+    takes the level's imagined spec's (:func:`~kalm_envs.dataset_specs.imagined_temperature`). With
     ``diagnose``, ``error_by_horizon`` and ``one_step`` (:mod:`kalm_gen.diagnostics`) too, and
     ``goal_matched_replay``: how many rollouts reach the goal in their own states and the share of
     those the simulator confirms (the precision of the model's claim, which is what a filter on
     imagined success trusts), and ``closed_loop``: the success rate and mean length of the model's
-    greedy actions run as a policy in the simulator (:func:`~kalm_gen.imagine.act_in_simulator`),
+    actions run as a policy in the simulator (:func:`~kalm_gen.imagine.act_in_simulator`),
     which is what its rollouts would reach with a perfect state head."""
     tasks = level_tasks(level, episodes, seed)
-    rollouts: list[ImaginedEpisode] = imagine_tasks(model, tasks, max_steps=max_steps, batch_size=batch_size)
+    temperature = imagined_temperature(level) if temperature is None else temperature
+    acting = {"max_steps": max_steps, "batch_size": batch_size, "temperature": temperature, "seed": sample_seed}
+    rollouts: list[ImaginedEpisode] = imagine_tasks(model, tasks, **acting)
     replay = replay_rollouts(level, tasks, rollouts)
     row = {
         "level": level,
         "seed": seed,
+        "temperature": temperature,
         "episodes": len(rollouts),
         "goal_match_rate": float(np.mean([e.success for e in rollouts])),
         "replay_match_rate": replay["replay_match_rate"],
@@ -94,7 +103,7 @@ def rollout_quality(
         claimed = [hit for hit, e in zip(replay["replay_success"], rollouts) if e.success]
         row["goal_matched_replay"] = {"rollouts": len(claimed),
                                       "replay_match_rate": float(np.mean(claimed)) if claimed else None}
-        acted = act_in_simulator(model, tasks, max_steps=max_steps, batch_size=batch_size)
+        acted = act_in_simulator(model, tasks, **acting)
         row["closed_loop"] = {"success_rate": float(np.mean([e.success for e in acted])),
                               "mean_length": float(np.mean([e.length for e in acted]))}
     return row
@@ -209,14 +218,17 @@ def imagination_quality(
     model: Any, levels: Sequence[str] = ("rephrase", "easy", "hard"), episodes: int = 50,
     seed: int = QUALITY_SEED, batch_size: int = DEFAULT_BATCH_SIZE,
     real_episodes: Sequence[Episode] | None = None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    diagnose: bool = False,
+    diagnose: bool = False, temperature: float | None = None, sample_seed: int = 0,
 ) -> dict[str, Any]:
-    """Rollout metrics per level and, given real episodes, explanation metrics; with
+    """Rollout metrics per level (actions chosen as :func:`rollout_quality` says) and, given
+    real episodes, explanation metrics; with
     ``diagnose`` the figures of :mod:`kalm_gen.diagnostics` as well (the explanation's parts and
     the action agreement on the real episodes)."""
     report: dict[str, Any] = {"levels": {
-        level: rollout_quality(model, level, episodes, seed, batch_size, diagnose=diagnose) for level in levels
-    }}
+        level: rollout_quality(model, level, episodes, seed, batch_size, diagnose=diagnose,
+                               temperature=temperature, sample_seed=sample_seed)
+        for level in levels
+    }, "sample_seed": sample_seed}
     if real_episodes:
         texts = explain_episodes(model, real_episodes, batch_size, max_new_tokens)
         report["explanation"] = score_explanations(texts, real_episodes)

@@ -237,11 +237,22 @@ def seed_cases() -> Iterator[Case]:
                                                  "--id", f"kalm/fuzz/sample-seeded-{n}-v0"],
             "imagine-eval": lambda w, s=seed: ["imagine-eval", "--model", grounded_model(w), "--levels", "easy",
                                                "--episodes", 1, "--seed", s],
+            "imagine-eval-sample": lambda w, s=seed: ["imagine-eval", "--model", grounded_model(w), "--levels",
+                                                      "easy", "--episodes", 1, "--temperature", 1, "--sample-seed", s],
             "ground": lambda w, s=seed: [*_ground_argv(w, w.folder / f"ground-seed{s}", 1), "--seed", s],
             "separation": lambda w, s=seed: ["separation", "--levels", "train", "--seed", s],
         }
         for command, argv in commands.items():
             yield Case(f"cli-fault/{command}-seed-{seed}", lambda w, a=argv: cli(*a(w)), ("seed", seed))
+
+
+def temperature_cases() -> Iterator[Case]:
+    """Acting temperatures that are not a finite number >= 0, for the commands that sample the
+    grounded LM's actions."""
+    for value in ("-1", "nan", "inf"):
+        yield Case(f"cli-fault/imagine-eval-temperature-{value}", lambda w, v=value: cli(
+            "imagine-eval", "--model", grounded_model(w), "--levels", "easy", "--episodes", 1, "--temperature", v),
+            ("temperature", value))
 
 
 def size_cases() -> Iterator[Case]:
@@ -349,6 +360,6 @@ def run_setting_cases() -> Iterator[Case]:
 
 def fault_cases() -> list[Case]:
     """Every case of this module, in a fixed order."""
-    return [*policy_file_cases(), *model_folder_cases(), *checkpoint_cases(), *seed_cases(), *size_cases(),
+    return [*policy_file_cases(), *model_folder_cases(), *checkpoint_cases(), *seed_cases(), *temperature_cases(), *size_cases(),
             *empty_output_cases(), *run_setting_cases()]
 

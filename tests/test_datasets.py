@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import gymnasium as gym
@@ -17,7 +18,7 @@ import pytest
 
 from kalm_envs import ENV_IDS
 from kalm_envs.collector import build_dataset
-from kalm_envs.dataset_specs import get_spec, list_specs, published_id
+from kalm_envs.dataset_specs import DatasetSpec, get_spec, list_specs, published_id
 from kalm_envs.kalm_import import import_kalm
 from kalm_envs.loader import load_transitions
 from kalm_envs.dataset_paths import dataset_dir, staging_dir
@@ -44,8 +45,8 @@ def built_real(tmp_path_factory):
 def test_specs_cover_the_published_ids():
     specs = list_specs()
     assert set(specs) == {REAL, HARD, "kalm/clevr-robot/oracle-easy-v1", "kalm/clevr-robot/oracle-rephrase-v0",
-                          "kalm/clevr-robot/imagined-rephrase-v0", "kalm/clevr-robot/imagined-easy-v1",
-                          "kalm/clevr-robot/imagined-hard-v0"}
+                          "kalm/clevr-robot/imagined-rephrase-v1", "kalm/clevr-robot/imagined-easy-v1",
+                          "kalm/clevr-robot/imagined-hard-v1"}
     assert specs[REAL].episodes == 10_000 and specs[REAL].level == "train"
     assert published_id("oracle", "hard") == HARD and published_id("imagined", "easy") == "kalm/clevr-robot/imagined-easy-v1"
     assert specs[published_id("oracle", "easy")].env_id == ENV_IDS["easy"] == "KALM/CLEVRRobot-Easy-v1"
@@ -59,6 +60,22 @@ def test_specs_cover_the_published_ids():
         assert needle in card
     with pytest.raises(ValueError, match="real-v9"):
         get_spec("kalm/clevr-robot/real-v9")
+
+
+def test_imagined_specs_say_how_their_actions_are_picked():
+    """The 50-step levels draw the model's actions at temperature 1, the one-push level takes its
+    greedy action; the card says which, and a temperature is refused where it means nothing."""
+    specs = list_specs()
+    temperatures = {spec.level: spec.temperature for spec in specs.values() if spec.source == "imagined"}
+    assert temperatures == {"rephrase": 1.0, "easy": 0.0, "hard": 1.0}
+    assert "actions drawn at temperature 1 (sample seed 0)" in specs[published_id("imagined", "hard")].card()
+    assert "greedy actions from its action head" in specs[published_id("imagined", "easy")].card()
+    imagined = specs[published_id("imagined", "hard")]
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=f"temperature {bad} must be a finite number >= 0"):
+            DatasetSpec(**{**asdict(imagined), "temperature": bad})
+    with pytest.raises(ValueError, match="oracle-hard-v0: temperature 1.0 .* 0 unless the spec is imagined"):
+        DatasetSpec(**{**asdict(specs[HARD]), "temperature": 1.0})
 
 
 def test_metadata_and_reload_in_a_fresh_process(built_real):

@@ -19,7 +19,7 @@ import torch
 from kalm.commands import imagine as imagine_command
 from kalm.commands import imagine_eval as imagine_eval_command
 from kalm_envs.collector import build_dataset
-from kalm_envs.dataset_specs import get_spec, list_specs, published_id
+from kalm_envs.dataset_specs import get_spec, imagined_temperature, list_specs, published_id
 from kalm_envs.goals import Goal
 from kalm_envs.language import instruction_variants
 from kalm_envs.minari_io import read_episodes, read_metadata
@@ -40,6 +40,7 @@ from kalm_gen.imagine import (
 from kalm_gen.imagine_dataset import model_checksum, write_imagined_dataset
 from kalm_gen.quality import (
     EXPLANATION_KEYS,
+    QUALITY_SEED,
     ROLLOUT_KEYS,
     explain_episodes,
     replay_rollouts,
@@ -271,14 +272,16 @@ def test_written_dataset_verifies_loads_and_has_provenance(written):
     assert kalm["generator"]["model_sha256"] == model_checksum(written["folder"])
     assert kalm["generator"]["base_model"] == kalm["generator"]["config"]["base_model"]
     generation = kalm["generation"]
-    assert generation["decoding"] == "greedy" and generation["max_steps"] == 50 and generation["batch_size"] == 4
+    # the rephrase spec draws its actions at its temperature, with sample seed 0
+    assert generation["decoding"] == "sampled" and generation["temperature"] == imagined_temperature("rephrase") > 0
+    assert generation["sample_seed"] == 0 and generation["max_steps"] == 50 and generation["batch_size"] == 4
     assert "invalid_rule" in generation and generation["drop_invalid"] is False
     counts = kalm["counts"]
     assert counts["generated"] == 10 and 0 < counts["invalid"] < 10 and counts["dropped"] == 0
     assert metadata["ref_min_score"] is not None and metadata["ref_max_score"] is not None
     # the stored episodes are what the generator makes of the env's tasks
     lm = GroundedLM.load(written["folder"])
-    again = imagine_tasks(lm, level_tasks("rephrase", 10, 0), batch_size=4)
+    again = imagine_tasks(lm, level_tasks("rephrase", 10, 0), batch_size=4, temperature=generation["temperature"])
     stored = read_episodes(dataset_id)
     assert [e.actions.tolist() for e in stored] == [e.actions.tolist() for e in again]
     assert [e.seed for e in stored] == list(range(10))
@@ -492,7 +495,22 @@ def test_commands(written, capsys):
     assert f"easy closed loop (the model's actions on the simulator's states): success {acted['success_rate']:.1%}" in text
     assert set(ROLLOUT_KEYS) <= set(report["levels"]["easy"])
     assert 0.0 <= report["explanation"]["accuracy"] <= 1.0
+    assert text.startswith("rollout actions: easy greedy") and report["levels"]["easy"]["temperature"] == 0.0
     json.dumps(report)
+    sampled, text, _ = imagine_eval_command.run(_parse(imagine_eval_command, [
+        "--model", folder, "--levels", "hard", "--episodes", "3", "--batch-size", "3", "--temperature", "5",
+        "--sample-seed", "4", "--diagnose",
+    ]))
+    assert text.startswith("rollout actions: hard temperature 5 (sample seed 4)")
+    saved, tasks = GroundedLM.load(folder), level_tasks("hard", 3, QUALITY_SEED)
+    drawn = imagine_tasks(saved, tasks, batch_size=3, temperature=5.0, seed=4)
+    acted = act_in_simulator(saved, tasks, batch_size=3, temperature=5.0, seed=4)
+    row = sampled["levels"]["hard"]
+    assert row["goal_match_rate"] == np.mean([e.success for e in drawn])
+    assert row["mean_length"] == np.mean([e.length for e in drawn])
+    assert row["closed_loop"]["mean_length"] == np.mean([e.length for e in acted])
+    greedy = imagine_tasks(saved, tasks, batch_size=3)
+    assert any(not np.array_equal(a.actions, b.actions) for a, b in zip(drawn, greedy, strict=True))
     with pytest.raises(ValueError, match=r"max_steps 2 must lie in \[1, 1\]"):
         imagine_command.run(_parse(imagine_command, ["--model", folder, "--level", "easy", "--max-steps", "2"]))
     with pytest.raises(SystemExit):

@@ -68,7 +68,7 @@ def _list(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
 
 def _build(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
     spec = get_spec(args.id)
-    if spec.source == "imagined":  # greedy rollouts of the spec's published grounded model
+    if spec.source == "imagined":  # rollouts of the spec's published grounded model, at its temperature
         from kalm_gen.imagine_dataset import write_imagined_dataset
 
         path = write_imagined_dataset(spec.model, spec.level, episodes=args.episodes, dataset_id=spec.id,

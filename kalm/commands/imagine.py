@@ -31,8 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                      "kalm/clevr-robot/imagined-<level>-vN)")
     parser.add_argument("--drop-invalid", action="store_true",
                         help="drop rollouts cut at a non-finite or out-of-workbench state")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy actions (default)")
-    parser.add_argument("--sample-seed", type=int, default=0, help="seed of the action sampling")
+    add_sampling_arguments(parser)
     parser.add_argument("--max-steps", type=int, help="steps per rollout, at most the level's steps "
                                                       "(default: that limit, 1 on easy and 50 on the others)")
     parser.add_argument("--states", choices=STATE_SOURCES, default="model",
@@ -75,6 +74,14 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
         report.table(),
     ]
     return summary, "\n".join(lines), 0 if report.ok else 1
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--temperature`` and ``--sample-seed``: how the grounded LM's actions are chosen."""
+    parser.add_argument("--temperature", type=float,
+                        help="0: greedy actions; T > 0: actions drawn from softmax(logits / T) (default: the "
+                             "level's imagined spec's, 1 on rephrase and hard, 0 on easy)")
+    parser.add_argument("--sample-seed", type=int, default=0, help="seed of the action sampling")
 
 
 def set_threads(threads: int | None) -> None:

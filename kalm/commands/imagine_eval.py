@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from kalm.commands import add_json_flag, path_argument
-from kalm.commands.imagine import set_threads
-from kalm_envs.validation import check_count, check_seed
+from kalm.commands.imagine import add_sampling_arguments, set_threads
+from kalm_envs.validation import check_count, check_float, check_seed
 from kalm_gen.imagine import DEFAULT_BATCH_SIZE
 from kalm_gen.imagine_dataset import IMAGINED_LEVELS
 from kalm_gen.published import DEFAULT_MODEL, resolve_model
@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--episodes", type=int, default=50, help="imagined rollouts per level")
     parser.add_argument("--seed", type=int, default=QUALITY_SEED, help="rollout i: task of env.reset(seed + i)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    add_sampling_arguments(parser)
     parser.add_argument("--real-dataset", help="dataset id whose last --real-episodes episodes "
                                                "(held out of training) measure explanation accuracy")
     parser.add_argument("--real-episodes", type=int, default=50)
@@ -46,7 +47,11 @@ def _fmt(value: float | None, percent: bool = False) -> str:
 def quality_lines(report: dict[str, Any], real_source: str | None) -> list[str]:
     """The quality table of an :func:`~kalm_gen.quality.imagination_quality` report as text
     lines (with the diagnostics when it holds them); ``real_source`` names the real episodes."""
-    lines = [f"{'level':<10}{'episodes':>9}{'goal match':>12}{'replay match':>14}{'err mean m':>12}"
+    temperatures = {level: row["temperature"] for level, row in report["levels"].items()}
+    acting = ", ".join(f"{level} " + ("greedy" if t == 0 else f"temperature {t:g}") for level, t in temperatures.items())
+    seeded = f" (sample seed {report['sample_seed']})" if any(temperatures.values()) else ""
+    lines = [f"rollout actions: {acting}{seeded}",
+             f"{'level':<10}{'episodes':>9}{'goal match':>12}{'replay match':>14}{'err mean m':>12}"
              f"{'err max m':>11}{'off bench':>11}{'walls':>8}{'mean steps':>12}"]
     for level, row in report["levels"].items():
         lines.append(
@@ -106,11 +111,15 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
     check_count(args.episodes, "--episodes")  # these before the model loads
     check_seed(args.seed, "--seed")
     check_count(args.batch_size, "--batch-size")
+    if args.temperature is not None:
+        check_float(args.temperature, "--temperature", 0.0)
+    check_seed(args.sample_seed, "--sample-seed")
     resolve_model(args.model)  # a bad name fails before the real episodes are read
     real = held_out_episodes(args.real_dataset, args.real_episodes) if args.real_dataset else None
     model = GroundedLM.load(args.model)
     report = imagination_quality(model, args.levels, args.episodes, args.seed, args.batch_size, real,
-                                 diagnose=args.diagnose)
+                                 diagnose=args.diagnose, temperature=args.temperature,
+                                 sample_seed=args.sample_seed)
     report.update({"command": "imagine-eval", "model": str(args.model), "real_dataset": args.real_dataset})
     lines = quality_lines(report, args.real_dataset)
     return report, "\n".join(lines), 0

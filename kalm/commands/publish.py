@@ -90,7 +90,7 @@ def model_card(name: str, config: dict[str, Any], summary: dict[str, Any], check
         f"SmolLM2-135M-Instruct grounded in CLEVR-Robot by KALM-Gym: {layers} decoder layers, LoRA rank "
         f"{config['lora_rank']} on the attention projections, a state encoder, an action embedding, an action "
         f"head and a {config['state_head']} state head. It imagines rollouts for novel goals: "
-        f"`kalm imagine --model {name} --level hard`, or `kalm datasets build kalm/clevr-robot/imagined-hard-v0`.",
+        f"`kalm imagine --model {name} --level hard`, or `kalm datasets build kalm/clevr-robot/imagined-hard-v1`.",
         "",
         "## Training",
         "",
