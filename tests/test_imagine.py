@@ -511,6 +511,9 @@ def test_commands(written, capsys):
     assert row["closed_loop"]["mean_length"] == np.mean([e.length for e in acted])
     greedy = imagine_tasks(saved, tasks, batch_size=3)
     assert any(not np.array_equal(a.actions, b.actions) for a, b in zip(drawn, greedy, strict=True))
+    # the replayed states follow the drawn actions, not the greedy ones
+    assert row["state_error_mean"] == replay_rollouts("hard", tasks, drawn)["state_error_mean"]
+    assert row["state_error_mean"] != replay_rollouts("hard", tasks, greedy)["state_error_mean"]
     with pytest.raises(ValueError, match=r"max_steps 2 must lie in \[1, 1\]"):
         imagine_command.run(_parse(imagine_command, ["--model", folder, "--level", "easy", "--max-steps", "2"]))
     with pytest.raises(SystemExit):
