@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from kalm.commands import (
     datasets,
     evaluate,
+    goal_probe,
     ground,
     imagine,
     imagine_eval,
@@ -30,6 +31,7 @@ COMMANDS = {
     "ground": ground,
     "imagine": imagine,
     "imagine-eval": imagine_eval,
+    "goal-probe": goal_probe,
     "publish": publish,
     "train": train,
     "evaluate": evaluate,

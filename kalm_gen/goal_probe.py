@@ -1,0 +1,218 @@
+"""Does a language model carry a goal from the training wordings to novel ones?
+
+Imagined rollouts can only teach a learner a novel wording that the LM itself understands
+better than the learner's own instruction encoder does. This probe measures that premise in
+minutes, before hours of grounding.
+
+Every goal of the train and rephrase levels is one relation: ball A, ball B, direction (80
+goals). A *goal reader* learns to name the three from the train wordings only, then reads the
+rephrase wordings, whose templates never occur in train:
+
+- on a language model (:func:`probe_language_model`): a linear head on the LM's last hidden
+  state at the end of the rollout prompt (``"Instruction: <text>\\nRollout:"``, the position the
+  grounded LM starts a rollout from), trained with the LM's own LoRA weights
+  (``train_lm=True``: what the base model can learn from the train wordings) or on its frozen
+  states (``train_lm=False``: what a grounded model already holds);
+- on a fixed instruction encoder (:func:`probe_encoder`): the same linear head on the
+  encoder's features, the reference of what the learner reads from an instruction.
+
+Accuracies are the share of sampled wordings whose field (or whole goal) the reader names
+right; chance is 1/5 for a ball, 1/4 for the direction and 1/80 for the goal. Train accuracy
+is measured on wordings the reader was trained on (it shows that the reader learnt); rephrase
+accuracy is the transfer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from kalm_envs.goals import TRAIN_GOALS
+from kalm_envs.separation import level_instructions
+from kalm_envs.validation import check_float, check_int, check_seed
+from kalm_gen.sequences import rollout_prompt
+
+#: The levels the probe reads: the reader learns on the first, the second measures transfer.
+PROBE_LEVELS = ("train", "rephrase")
+#: Sizes of the three goal fields: ball A, ball B, direction.
+FIELD_SIZES = (5, 5, 4)
+FIELDS = ("ball_a", "ball_b", "direction")
+MAX_STEPS = 100_000
+MAX_BATCH = 4096
+
+
+@dataclass(frozen=True)
+class GoalProbeConfig:
+    """How a goal reader is trained and measured.
+
+    Attributes:
+        steps: optimizer steps (AdamW), each on ``batch_size`` train wordings drawn at random.
+        batch_size: wordings per step.
+        lr: learning rate of a reader that trains a language model's weights (LoRA) with its head.
+        head_lr: learning rate of a reader that trains its head alone (on a fixed encoder or a
+            frozen model).
+        eval_texts: wordings sampled per level for the accuracies (all of them when fewer).
+        seed: head initialisation, training draws and evaluation sample.
+    """
+
+    steps: int = 150
+    batch_size: int = 32
+    lr: float = 5e-4
+    head_lr: float = 1e-2
+    eval_texts: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_int(self.steps, "steps", 1, MAX_STEPS)
+        check_int(self.batch_size, "batch_size", 1, MAX_BATCH)
+        check_int(self.eval_texts, "eval_texts", 1)
+        check_float(self.lr, "lr", 0.0, 1.0, low_open=True)
+        check_float(self.head_lr, "head_lr", 0.0, 1.0, low_open=True)
+        check_seed(self.seed, "seed")
+
+
+@dataclass(frozen=True)
+class GoalProbeResult:
+    """One reader's accuracies.
+
+    Attributes:
+        name: what was read (a model or an encoder).
+        accuracy: per level of :data:`PROBE_LEVELS`, the share (0..1) of its sampled wordings
+            with each field of :data:`FIELDS` right, and ``goal``: all three right.
+        texts: wordings sampled per level.
+        seconds: wall time of training and measuring (s).
+    """
+
+    name: str
+    accuracy: dict[str, dict[str, float]]
+    texts: dict[str, int]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def goal_fields(goal_numbers: np.ndarray) -> np.ndarray:
+    """``(N, 3)`` int64 ball A, ball B and direction of train-goal numbers ``(N,)``."""
+    return np.array([TRAIN_GOALS[int(n)].clauses[0] for n in goal_numbers], dtype=np.int64).reshape(-1, 3)
+
+
+def _wordings(level: str) -> tuple[list[str], np.ndarray]:
+    """Every wording of the 80 relation goals at ``level`` and its ``(N, 3)`` fields."""
+    texts, numbers = level_instructions(level, max_wordings=10**9)
+    return texts, goal_fields(numbers)
+
+
+def _loss(logits: torch.Tensor, fields: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of the three fields; ``logits`` ``(B, 14)``, ``fields`` ``(B, 3)``."""
+    parts = torch.split(logits.float(), FIELD_SIZES, dim=-1)
+    return sum(nn.functional.cross_entropy(part, fields[:, i]) for i, part in enumerate(parts))
+
+
+def _named(logits: torch.Tensor) -> np.ndarray:
+    """``(B, 3)`` fields the reader names."""
+    return np.stack([part.argmax(-1).numpy() for part in torch.split(logits.float(), FIELD_SIZES, dim=-1)], 1)
+
+
+def _train_and_measure(
+    name: str, features: Callable[[list[str]], torch.Tensor], width: int, extra: Sequence[nn.Parameter],
+    lr: float, config: GoalProbeConfig, progress: bool,
+) -> GoalProbeResult:
+    """Train a linear head on ``features(texts) -> (B, width)`` (and ``extra`` weights) to name the
+    goal fields of train wordings; measure it on both levels."""
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    generator = torch.Generator().manual_seed(config.seed)
+    head = nn.Linear(width, sum(FIELD_SIZES))
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=generator) / width**0.5)
+        head.bias.zero_()
+    optimizer = torch.optim.AdamW([*extra, *head.parameters()], lr=lr)
+    texts, fields = _wordings("train")
+    rng = np.random.default_rng(config.seed)
+    for _ in tqdm(range(config.steps), desc=f"goal probe {name}", disable=not progress, leave=False):
+        rows = rng.integers(0, len(texts), config.batch_size)
+        loss = _loss(head(features([texts[i] for i in rows])), torch.as_tensor(fields[rows]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    accuracy, counts = {}, {}
+    with torch.no_grad():
+        for level in PROBE_LEVELS:
+            level_texts, level_fields = _wordings(level)
+            sample = np.sort(np.random.default_rng(config.seed + 1).permutation(len(level_texts))[:config.eval_texts])
+            named = np.concatenate([
+                _named(head(features([level_texts[i] for i in sample[start:start + config.batch_size]])))
+                for start in range(0, len(sample), config.batch_size)
+            ])
+            right = named == level_fields[sample]
+            accuracy[level] = {**{f: float(right[:, i].mean()) for i, f in enumerate(FIELDS)},
+                               "goal": float(right.all(1).mean())}
+            counts[level] = int(len(sample))
+    return GoalProbeResult(name, accuracy, counts, time.perf_counter() - started)
+
+
+def probe_encoder(encoder: Any, config: GoalProbeConfig | None = None, progress: bool = True) -> GoalProbeResult:
+    """The goal reader on a fixed instruction encoder (:class:`kalm_envs.text_encoders.TextEncoder`)."""
+    config = config or GoalProbeConfig()
+
+    def features(texts: list[str]) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(encoder.encode(texts), dtype=np.float32))
+
+    width = features(["probe"]).shape[-1]
+    name = f"encoder {encoder.config().get('name', type(encoder).__name__)}"
+    return _train_and_measure(name, features, width, [], config.head_lr, config, progress)
+
+
+def probe_language_model(
+    model: Any, name: str, train_lm: bool = True, config: GoalProbeConfig | None = None, progress: bool = True,
+) -> GoalProbeResult:
+    """The goal reader on a :class:`~kalm_gen.grounded_lm.GroundedLM`'s last hidden state at the
+    end of the rollout prompt.
+
+    With ``train_lm`` the model's trainable LM weights (LoRA, or all of them when fully
+    fine-tuned) learn with the head, and ``model`` is changed; without, the LM is frozen and left
+    as it was (its states are read in eval mode).
+    """
+    config = config or GoalProbeConfig()
+    lm_weights = [p for p in model.lm.parameters() if p.requires_grad] if train_lm else []
+    model.train(train_lm)
+
+    def features(texts: list[str]) -> torch.Tensor:
+        prompts = [model.tokenize(rollout_prompt(text)) for text in texts]
+        length = max(len(p) for p in prompts)
+        token_ids = torch.zeros(len(prompts), length, dtype=torch.long)
+        mask = torch.zeros(len(prompts), length, dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            token_ids[row, :len(prompt)] = torch.tensor(prompt)
+            mask[row, :len(prompt)] = 1
+        with torch.set_grad_enabled(train_lm and torch.is_grad_enabled()):
+            embeddings = model._causal_lm().get_input_embeddings()(token_ids)
+            hidden = model.decode(embeddings, mask).last_hidden_state
+        return hidden[torch.arange(len(prompts)), mask.sum(1) - 1].float()
+
+    width = model._causal_lm().config.hidden_size
+    try:
+        return _train_and_measure(name, features, width, lm_weights, config.lr if train_lm else config.head_lr,
+                                  config, progress)
+    finally:
+        model.eval()
+
+
+def markdown_table(results: Sequence[GoalProbeResult]) -> str:
+    """One row per reader: per level, ball A / ball B / direction / whole goal accuracy (%)."""
+    header = "| reader | " + " | ".join(f"{level} {field}" for level in PROBE_LEVELS
+                                        for field in ("A", "B", "dir", "goal")) + " | s |"
+    lines = [header, "|---|" + "---:|" * (4 * len(PROBE_LEVELS) + 1)]
+    for result in results:
+        cells = [f"{100 * result.accuracy[level][field]:.1f}" for level in PROBE_LEVELS for field in (*FIELDS, "goal")]
+        lines.append(f"| {result.name} | " + " | ".join(cells) + f" | {result.seconds:.0f} |")
+    chance = "| chance | " + " | ".join(["20.0", "20.0", "25.0", "1.2"] * len(PROBE_LEVELS)) + " | |"
+    return "\n".join([*lines, chance])

@@ -1,0 +1,94 @@
+"""The goal probe (kalm_gen.goal_probe, kalm goal-probe): readers of the goal in an instruction.
+
+Encoders are read for real; language models are a tiny random Llama with a character tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kalm_envs.goals import TRAIN_GOALS
+from kalm_envs.separation import level_instructions
+from kalm_envs.text_encoders import make_encoder
+from kalm_gen.goal_probe import FIELDS, PROBE_LEVELS, GoalProbeConfig, goal_fields, probe_encoder, probe_language_model
+from kalm_gen.grounded_lm import GroundedLM, GroundedLMConfig
+from tests.fuzz_cases import CliFailure, cli
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from kalm_gen.tiny import make_tiny_lm
+
+    return make_tiny_lm(tmp_path_factory.mktemp("tiny") / "lm")
+
+
+class Blank:
+    """An encoder whose features say nothing about the text."""
+
+    def encode(self, texts):
+        return np.ones((len(texts), 8), np.float32)
+
+    def config(self):
+        return {"name": "blank"}
+
+
+def test_goal_fields_name_ball_a_ball_b_and_direction() -> None:
+    texts, numbers = level_instructions("rephrase", max_wordings=10**9)
+    fields = goal_fields(numbers)
+    assert fields.shape == (len(texts), 3)
+    for row in (0, len(texts) // 2, len(texts) - 1):
+        a, b, direction = TRAIN_GOALS[numbers[row]].clauses[0]
+        assert tuple(fields[row]) == (a, b, direction)
+    assert len(set(map(tuple, fields))) == 80
+
+
+def test_encoder_reader_learns_from_what_the_features_carry() -> None:
+    config = GoalProbeConfig(steps=300, eval_texts=400, seed=1)
+    ordered = probe_encoder(make_encoder("ordered"), config, progress=False)
+    blank = probe_encoder(Blank(), config, progress=False)
+    assert ordered.texts == {"train": 400, "rephrase": 400}
+    assert ordered.accuracy["train"]["goal"] >= 0.9
+    # rephrase templates never occur in train: the n-gram reader carries part of them
+    assert 0.1 < ordered.accuracy["rephrase"]["goal"] < ordered.accuracy["train"]["goal"]
+    # features that say nothing leave the reader at the most frequent field value
+    assert blank.accuracy["train"]["goal"] < 0.05
+    assert all(blank.accuracy[level][field] <= 0.4 for level in PROBE_LEVELS for field in FIELDS)
+    assert ordered.name == "encoder ordered" and blank.name == "encoder blank"
+
+
+def test_a_frozen_model_is_left_as_it_was_and_a_trained_one_learns(tiny: Path) -> None:
+    config = GoalProbeConfig(steps=100, batch_size=32, lr=3e-3, eval_texts=200, seed=0)
+    model = GroundedLM.from_config(GroundedLMConfig(base_model=str(tiny), finetune="full", head_hidden=16), seed=0)
+    before = {k: v.clone() for k, v in model.lm.state_dict().items()}
+    frozen = probe_language_model(model, "tiny (frozen)", train_lm=False, config=config, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.lm.state_dict().items())
+    trained = probe_language_model(model, "tiny", train_lm=True, config=config, progress=False)
+    assert any(not torch.equal(before[k], v) for k, v in model.lm.state_dict().items())
+    assert not model.training
+    # the LM's own weights learn to name the goal, which its frozen random states hide
+    assert trained.accuracy["train"]["goal"] > frozen.accuracy["train"]["goal"] + 0.3
+    assert trained.texts == {"train": 200, "rephrase": 200}
+
+
+def test_command_prints_a_row_per_reader_and_refuses_bad_values(tiny: Path) -> None:
+    out = cli("goal-probe", "--base-model", str(tiny), "--num-layers", "1", "2", "--steps", "2",
+              "--eval-texts", "5", "--encoder", "hashed", "--base-readers", "frozen", "lora", "--json")
+    report = json.loads(out.strip().splitlines()[-1])
+    names = [row["name"] for row in report["rows"]]
+    assert names[0] == "encoder hashed"
+    assert [n.split(", ", 1)[1] for n in names[1:]] == [
+        "1 layers (frozen)", "1 layers, LoRA 16", "2 layers (frozen)", "2 layers, LoRA 16"]
+    assert all(row["texts"] == {"train": 5, "rephrase": 5} for row in report["rows"])
+    assert "| chance |" in out
+    for argv, needle in ((("--steps", "0"), "steps"), (("--eval-texts", "0"), "eval_texts"),
+                         (("--num-layers", "-1"), "--num-layers"), (("--model", "/nonexistent/m"), "/nonexistent/m"),
+                         (("--base-readers", "full"), "full")):
+        with pytest.raises(CliFailure, match=needle):
+            cli("goal-probe", "--base-model", str(tiny), "--steps", "1", *argv)
