@@ -20,6 +20,11 @@ Accuracies are the share of sampled wordings whose field (or whole goal) the rea
 right; chance is 1/5 for a ball, 1/4 for the direction and 1/80 for the goal. Train accuracy
 is measured on wordings the reader was trained on (it shows that the reader learnt); rephrase
 accuracy is the transfer.
+
+A trained :class:`GoalReader` also *translates* a wording into a train wording of the goal it
+names (:meth:`GoalReader.translate`): ``kalm goal-probe --policy DIR`` runs a trained learner on
+the rephrase level with every instruction so translated, the success that imagined data from a
+generator acting on this reading could at best teach it.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from kalm_envs.goals import TRAIN_GOALS
+from kalm_envs.goals import TRAIN_GOALS, Goal
+from kalm_envs.language import instruction_variants
 from kalm_envs.separation import level_instructions
 from kalm_envs.validation import check_float, check_int, check_seed
 from kalm_gen.sequences import rollout_prompt
@@ -120,15 +126,36 @@ def _named(logits: torch.Tensor) -> np.ndarray:
     return np.stack([part.argmax(-1).numpy() for part in torch.split(logits.float(), FIELD_SIZES, dim=-1)], 1)
 
 
-def _train_and_measure(
+class GoalReader:
+    """A trained goal reader: a linear head on ``features(texts) -> (B, width)`` (float32)."""
+
+    def __init__(self, name: str, features: Callable[[list[str]], torch.Tensor], head: nn.Linear) -> None:
+        self.name, self.features, self.head = name, features, head
+        self._translations: dict[str, str] = {}
+
+    def name_goals(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """``(N, 3)`` int64 ball A, ball B and direction the reader names for ``texts``."""
+        with torch.no_grad():
+            return np.concatenate([_named(self.head(self.features(list(texts[start:start + batch_size]))))
+                                   for start in range(0, len(texts), batch_size)]).astype(np.int64)
+
+    def translate(self, text: str) -> str:
+        """The first train wording of the goal the reader names for ``text`` (``text`` itself when
+        it names a ball related to itself, which no goal is); remembered per text."""
+        if text not in self._translations:
+            a, b, direction = (int(v) for v in self.name_goals([text])[0])
+            self._translations[text] = text if a == b else instruction_variants(Goal.relation(a, b, direction), "train")[0]
+        return self._translations[text]
+
+
+def _fit_reader(
     name: str, features: Callable[[list[str]], torch.Tensor], width: int, extra: Sequence[nn.Parameter],
     lr: float, config: GoalProbeConfig, progress: bool,
-) -> GoalProbeResult:
-    """Train a linear head on ``features(texts) -> (B, width)`` (and ``extra`` weights) to name the
-    goal fields of train wordings; measure it on both levels."""
+) -> GoalReader:
+    """Train a linear head on ``features`` (and ``extra`` weights) to name the goal fields of
+    train wordings."""
     from tqdm.auto import tqdm
 
-    started = time.perf_counter()
     generator = torch.Generator().manual_seed(config.seed)
     head = nn.Linear(width, sum(FIELD_SIZES))
     with torch.no_grad():
@@ -143,45 +170,51 @@ def _train_and_measure(
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    return GoalReader(name, features, head)
+
+
+def _measure(reader: GoalReader, config: GoalProbeConfig, started: float) -> GoalProbeResult:
+    """``reader``'s accuracies on a seeded sample of each level's wordings."""
     accuracy, counts = {}, {}
-    with torch.no_grad():
-        for level in PROBE_LEVELS:
-            level_texts, level_fields = _wordings(level)
-            sample = np.sort(np.random.default_rng(config.seed + 1).permutation(len(level_texts))[:config.eval_texts])
-            named = np.concatenate([
-                _named(head(features([level_texts[i] for i in sample[start:start + config.batch_size]])))
-                for start in range(0, len(sample), config.batch_size)
-            ])
-            right = named == level_fields[sample]
-            accuracy[level] = {**{f: float(right[:, i].mean()) for i, f in enumerate(FIELDS)},
-                               "goal": float(right.all(1).mean())}
-            counts[level] = int(len(sample))
-    return GoalProbeResult(name, accuracy, counts, time.perf_counter() - started)
+    for level in PROBE_LEVELS:
+        texts, fields = _wordings(level)
+        sample = np.sort(np.random.default_rng(config.seed + 1).permutation(len(texts))[:config.eval_texts])
+        right = reader.name_goals([texts[i] for i in sample], config.batch_size) == fields[sample]
+        accuracy[level] = {**{f: float(right[:, i].mean()) for i, f in enumerate(FIELDS)},
+                           "goal": float(right.all(1).mean())}
+        counts[level] = int(len(sample))
+    return GoalProbeResult(reader.name, accuracy, counts, time.perf_counter() - started)
 
 
-def probe_encoder(encoder: Any, config: GoalProbeConfig | None = None, progress: bool = True) -> GoalProbeResult:
-    """The goal reader on a fixed instruction encoder (:class:`kalm_envs.text_encoders.TextEncoder`)."""
+def probe_encoder(
+    encoder: Any, config: GoalProbeConfig | None = None, progress: bool = True,
+) -> tuple[GoalProbeResult, GoalReader]:
+    """The goal reader on a fixed instruction encoder (:class:`kalm_envs.text_encoders.TextEncoder`):
+    its accuracies and the reader."""
     config = config or GoalProbeConfig()
+    started = time.perf_counter()
 
     def features(texts: list[str]) -> torch.Tensor:
         return torch.as_tensor(np.asarray(encoder.encode(texts), dtype=np.float32))
 
     width = features(["probe"]).shape[-1]
     name = f"encoder {encoder.config().get('name', type(encoder).__name__)}"
-    return _train_and_measure(name, features, width, [], config.head_lr, config, progress)
+    reader = _fit_reader(name, features, width, [], config.head_lr, config, progress)
+    return _measure(reader, config, started), reader
 
 
 def probe_language_model(
     model: Any, name: str, train_lm: bool = True, config: GoalProbeConfig | None = None, progress: bool = True,
-) -> GoalProbeResult:
+) -> tuple[GoalProbeResult, GoalReader]:
     """The goal reader on a :class:`~kalm_gen.grounded_lm.GroundedLM`'s last hidden state at the
-    end of the rollout prompt.
+    end of the rollout prompt: its accuracies and the reader (which reads with ``model``).
 
     With ``train_lm`` the model's trainable LM weights (LoRA, or all of them when fully
     fine-tuned) learn with the head, and ``model`` is changed; without, the LM is frozen and left
-    as it was (its states are read in eval mode).
+    as it was. The model is left in eval mode.
     """
     config = config or GoalProbeConfig()
+    started = time.perf_counter()
     lm_weights = [p for p in model.lm.parameters() if p.requires_grad] if train_lm else []
     model.train(train_lm)
 
@@ -200,10 +233,11 @@ def probe_language_model(
 
     width = model._causal_lm().config.hidden_size
     try:
-        return _train_and_measure(name, features, width, lm_weights, config.lr if train_lm else config.head_lr,
-                                  config, progress)
+        reader = _fit_reader(name, features, width, lm_weights, config.lr if train_lm else config.head_lr,
+                             config, progress)
     finally:
         model.eval()
+    return _measure(reader, config, started), reader
 
 
 def markdown_table(results: Sequence[GoalProbeResult]) -> str:

@@ -15,9 +15,13 @@ import torch
 from kalm_envs.goals import TRAIN_GOALS
 from kalm_envs.separation import level_instructions
 from kalm_envs.text_encoders import make_encoder
+from kalm.commands.goal_probe import TranslatedPolicy, true_goal_wording
+from kalm_envs.language import instruction_variants, parse_instruction
+from kalm_envs.oracle import ScriptedOracle
 from kalm_gen.goal_probe import FIELDS, PROBE_LEVELS, GoalProbeConfig, goal_fields, probe_encoder, probe_language_model
 from kalm_gen.grounded_lm import GroundedLM, GroundedLMConfig
-from tests.fuzz_cases import CliFailure, cli
+from kalm_rl.evaluation import RandomPolicy, evaluate_policy
+from tests.fuzz_cases import CliFailure, Workspace, cli
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -51,8 +55,8 @@ def test_goal_fields_name_ball_a_ball_b_and_direction() -> None:
 
 def test_encoder_reader_learns_from_what_the_features_carry() -> None:
     config = GoalProbeConfig(steps=300, eval_texts=400, seed=1)
-    ordered = probe_encoder(make_encoder("ordered"), config, progress=False)
-    blank = probe_encoder(Blank(), config, progress=False)
+    ordered, _ = probe_encoder(make_encoder("ordered"), config, progress=False)
+    blank, _ = probe_encoder(Blank(), config, progress=False)
     assert ordered.texts == {"train": 400, "rephrase": 400}
     assert ordered.accuracy["train"]["goal"] >= 0.9
     # rephrase templates never occur in train: the n-gram reader carries part of them
@@ -67,17 +71,56 @@ def test_a_frozen_model_is_left_as_it_was_and_a_trained_one_learns(tiny: Path) -
     config = GoalProbeConfig(steps=100, batch_size=32, lr=3e-3, eval_texts=200, seed=0)
     model = GroundedLM.from_config(GroundedLMConfig(base_model=str(tiny), finetune="full", head_hidden=16), seed=0)
     before = {k: v.clone() for k, v in model.lm.state_dict().items()}
-    frozen = probe_language_model(model, "tiny (frozen)", train_lm=False, config=config, progress=False)
+    frozen, _ = probe_language_model(model, "tiny (frozen)", train_lm=False, config=config, progress=False)
     assert all(torch.equal(before[k], v) for k, v in model.lm.state_dict().items())
-    trained = probe_language_model(model, "tiny", train_lm=True, config=config, progress=False)
+    trained, reader = probe_language_model(model, "tiny", train_lm=True, config=config, progress=False)
     assert any(not torch.equal(before[k], v) for k, v in model.lm.state_dict().items())
     assert not model.training
     # the LM's own weights learn to name the goal, which its frozen random states hide
     assert trained.accuracy["train"]["goal"] > frozen.accuracy["train"]["goal"] + 0.3
     assert trained.texts == {"train": 200, "rephrase": 200}
+    texts, numbers = level_instructions("train", max_wordings=10**9)
+    named = reader.name_goals(texts[::7])
+    assert np.mean((named == goal_fields(numbers[::7])).all(1)) == pytest.approx(trained.accuracy["train"]["goal"], abs=0.1)
 
 
-def test_command_prints_a_row_per_reader_and_refuses_bad_values(tiny: Path) -> None:
+class TrainWordingOracle:
+    """Acts as the scripted oracle for instructions worded as in train, at random otherwise."""
+
+    def __init__(self) -> None:
+        self.goals = {text: goal for goal in TRAIN_GOALS for text in instruction_variants(goal, "train")}
+        self.random = RandomPolicy(seed=0)
+        self.oracle = ScriptedOracle(epsilon=0.0, seed=0)
+        self.label = "train-wording oracle"
+
+    def reseed(self, seed):
+        self.random.reseed(seed)
+
+    def act_batch(self, observations):
+        actions = self.random.act_batch(observations)
+        for i, observation in enumerate(observations):
+            goal = self.goals.get(observation["instruction"])
+            if goal is not None:
+                info = {"goal": goal.to_array()}
+                self.oracle.reset(observation, info)
+                actions[i] = self.oracle.act(observation, info)
+        return actions
+
+
+def test_translations_decide_what_a_policy_reads() -> None:
+    policy = TrainWordingOracle()
+    assert true_goal_wording("Nudge the red ball so that it sits at the front of the blue ball.") in policy.goals
+    _, ordered = probe_encoder(make_encoder("ordered"), GoalProbeConfig(steps=300, eval_texts=10), progress=False)
+    success = {name: evaluate_policy(TranslatedPolicy(policy, translate), "rephrase", 60).success_rate
+               for name, translate in (("raw", lambda text: text), ("reader", ordered.translate),
+                                       ("true", true_goal_wording))}
+    # rephrase wordings are never train wordings: raw, the policy acts at random
+    assert success["true"] >= 0.95 > success["reader"] > success["raw"] + 0.1
+    text = "Nudge the red ball so that it sits at the front of the blue ball."
+    assert parse_instruction(ordered.translate(text)) is not None
+
+
+def test_command_prints_a_row_per_reader_and_refuses_bad_values(tiny: Path, tmp_path: Path) -> None:
     out = cli("goal-probe", "--base-model", str(tiny), "--num-layers", "1", "2", "--steps", "2",
               "--eval-texts", "5", "--encoder", "hashed", "--base-readers", "frozen", "lora", "--json")
     report = json.loads(out.strip().splitlines()[-1])
@@ -87,8 +130,17 @@ def test_command_prints_a_row_per_reader_and_refuses_bad_values(tiny: Path) -> N
         "1 layers (frozen)", "1 layers, LoRA 16", "2 layers (frozen)", "2 layers, LoRA 16"]
     assert all(row["texts"] == {"train": 5, "rephrase": 5} for row in report["rows"])
     assert "| chance |" in out
+    policy = Workspace(tmp_path).policy()
+    out = cli("goal-probe", "--num-layers", "--encoder", "hashed", "--steps", "2", "--eval-texts", "5",
+              "--policy", str(policy.parent), "--episodes", "6", "--json")
+    success = json.loads(out.strip().splitlines()[-1])["policy"]["success"]
+    assert set(success) == {"own reading", "encoder hashed", "true goal"}
+    from kalm_rl.policy import load_policy
+
+    assert success["own reading"] == evaluate_policy(load_policy(policy.parent), "rephrase", 6).success_rate
     for argv, needle in ((("--steps", "0"), "steps"), (("--eval-texts", "0"), "eval_texts"),
                          (("--num-layers", "-1"), "--num-layers"), (("--model", "/nonexistent/m"), "/nonexistent/m"),
-                         (("--base-readers", "full"), "full")):
+                         (("--base-readers", "full"), "full"), (("--policy", "/nonexistent/p"), "/nonexistent/p"),
+                         (("--episodes", "0"), "--episodes")):
         with pytest.raises(CliFailure, match=needle):
             cli("goal-probe", "--base-model", str(tiny), "--steps", "1", *argv)

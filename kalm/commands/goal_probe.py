@@ -1,20 +1,33 @@
 """``kalm goal-probe``: does a language model read novel wordings of a goal better than the
-learner's instruction encoder? (:mod:`kalm_gen.goal_probe`)"""
+learner's instruction encoder? (:mod:`kalm_gen.goal_probe`)
+
+With ``--policy DIR`` a trained learner also runs the rephrase level on the benchmark's
+evaluation episodes with every instruction translated by each reader into a train wording of the
+goal it names (:meth:`kalm_gen.goal_probe.GoalReader.translate`), next to its own reading and to
+a perfect reader's (the true goal's train wording).
+"""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from kalm.commands import add_json_flag, path_argument
 from kalm.commands.imagine import set_threads
+from kalm_envs.language import instruction_variants, parse_instruction
 from kalm_envs.text_encoders import DEFAULT_ENCODER, ENCODER_NAMES, make_encoder
-from kalm_envs.validation import check_int
+from kalm_envs.validation import check_count, check_int
 from kalm_gen.base_model import DEFAULT_BASE_MODEL
+from kalm_gen.goal_probe import GoalProbeConfig, GoalReader, markdown_table, probe_encoder, probe_language_model
 from kalm_gen.published import resolve_model
-from kalm_gen.goal_probe import GoalProbeConfig, markdown_table, probe_encoder, probe_language_model
 
 BASE_READERS = ("lora", "frozen")
+#: The level a ``--policy`` runs with translated instructions.
+POLICY_LEVEL = "rephrase"
 HELP = ("how well a language model (trained with LoRA on the train wordings, or a grounded model's "
         "frozen states) and instruction encoders name the goal of unseen rephrase wordings")
 
@@ -24,8 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"base LM whose reader learns with LoRA (default {DEFAULT_BASE_MODEL}; a local "
                              "model folder or .gguf file)")
     parser.add_argument("--num-layers", type=int, nargs="*", default=[12],
-                        help="one LoRA reader per depth: keep the base's first N decoder layers (0: all of "
-                             "them; none given: no base-model reader)")
+                        help="one reader per depth: keep the base's first N decoder layers (0: all of them; "
+                             "none given: no base-model reader)")
     parser.add_argument("--lora-rank", type=int, default=16)
     parser.add_argument("--base-readers", nargs="+", choices=BASE_READERS, default=["lora"],
                         help="how each depth is read: lora (its LoRA weights learn with the head) and/or "
@@ -38,21 +51,64 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=GoalProbeConfig.steps, help="training steps of each reader")
     parser.add_argument("--eval-texts", type=int, default=GoalProbeConfig.eval_texts,
                         help="wordings sampled per level for the accuracies")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the readers' training and samples")
+    parser.add_argument("--policy", type=path_argument, metavar="DIR",
+                        help="a trained learner (kalm train's folder) to run on rephrase with each reader's "
+                             "translations")
+    parser.add_argument("--episodes", type=int, default=200,
+                        help="rephrase evaluation episodes of --policy (the benchmark's, evaluation seed 0)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     add_json_flag(parser)
+
+
+class TranslatedPolicy:
+    """A learner's policy acting on ``translate(instruction)`` in place of each instruction."""
+
+    def __init__(self, policy: Any, translate: Callable[[str], str]) -> None:
+        self.policy, self.translate = policy, translate
+        self.label = getattr(policy, "label", "policy")
+
+    def act_batch(self, observations: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        return self.policy.act_batch([{**o, "instruction": self.translate(o["instruction"])} for o in observations])
+
+    def reseed(self, seed: int) -> None:
+        """Reseed the wrapped policy's draws, where it draws (as :func:`evaluate_policy` does)."""
+        if hasattr(self.policy, "reseed"):
+            self.policy.reseed(seed)
+
+
+def true_goal_wording(text: str) -> str:
+    """The first train wording of the goal ``text`` words (a perfect reader's translation)."""
+    return instruction_variants(parse_instruction(text), "train")[0]
+
+
+def policy_success(directory: Path, readers: Sequence[GoalReader], episodes: int) -> dict[str, float]:
+    """Rephrase success rate (0..1) of the policy in ``directory`` on its own reading, on each
+    reader's translations and on the true goal's wording; the same episodes and draws for all."""
+    from kalm_rl.evaluation import evaluate_policy
+    from kalm_rl.policy import load_policy
+
+    policy = load_policy(directory)
+    translations: dict[str, Callable[[str], str] | None] = {
+        "own reading": None, **{r.name: r.translate for r in readers}, "true goal": true_goal_wording}
+    return {name: evaluate_policy(policy if translate is None else TranslatedPolicy(policy, translate),
+                                  POLICY_LEVEL, episodes).success_rate
+            for name, translate in translations.items()}
 
 
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
     config = GoalProbeConfig(steps=args.steps, eval_texts=args.eval_texts, seed=args.seed)
     depths = [check_int(n, "--num-layers", 0) for n in args.num_layers]
     check_int(args.lora_rank, "--lora-rank", 1)
+    check_count(args.episodes, "--episodes")
+    if args.policy is not None and not args.policy.is_dir():
+        raise FileNotFoundError(f"--policy folder {str(args.policy)!r} does not exist")
     encoders = [make_encoder(name) for name in dict.fromkeys(args.encoder or [DEFAULT_ENCODER])]
     models = [resolve_model(name) for name in args.model]  # a bad name fails before any training
     set_threads(args.threads)
     from kalm_gen.grounded_lm import GroundedLM, GroundedLMConfig
 
-    results = [probe_encoder(encoder, config) for encoder in encoders]
+    probes = [probe_encoder(encoder, config) for encoder in encoders]
     for depth in depths:
         model = GroundedLM.from_config(GroundedLMConfig(
             base_model=args.base_model, lora_rank=args.lora_rank, lora_alpha=2 * args.lora_rank,
@@ -60,11 +116,20 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
         ), seed=args.seed)
         layers = len(model._causal_lm().get_decoder().layers)
         if "frozen" in args.base_readers:  # first: the LoRA reader changes the model
-            results.append(probe_language_model(model, f"{args.base_model}, {layers} layers (frozen)",
-                                                train_lm=False, config=config))
+            probes.append(probe_language_model(model, f"{args.base_model}, {layers} layers (frozen)",
+                                               train_lm=False, config=config))
         if "lora" in args.base_readers:
-            results.append(probe_language_model(model, f"{args.base_model}, {layers} layers, LoRA {args.lora_rank}",
-                                                train_lm=True, config=config))
+            probes.append(probe_language_model(model, f"{args.base_model}, {layers} layers, LoRA {args.lora_rank}",
+                                               train_lm=True, config=config))
     for name, folder in zip(args.model, models, strict=True):
-        results.append(probe_language_model(GroundedLM.load(folder), f"{name} (frozen)", train_lm=False, config=config))
-    return {"config": config.__dict__, "rows": [r.to_dict() for r in results]}, markdown_table(results), 0
+        probes.append(probe_language_model(GroundedLM.load(folder), f"{name} (frozen)", train_lm=False, config=config))
+    results = [result for result, _ in probes]
+    report: dict[str, Any] = {"config": config.__dict__, "rows": [r.to_dict() for r in results]}
+    text = markdown_table(results)
+    if args.policy is not None:
+        success = policy_success(args.policy, [reader for _, reader in probes], args.episodes)
+        report["policy"] = {"policy": str(args.policy), "level": POLICY_LEVEL, "episodes": args.episodes,
+                            "success": success}
+        text += (f"\n\n{args.policy} on {POLICY_LEVEL} ({args.episodes} episodes), instructions read by:\n"
+                 + "\n".join(f"  {name:<40} {rate:6.1%}" for name, rate in success.items()))
+    return report, text, 0
