@@ -6,6 +6,7 @@ Encoders are read for real; language models are a tiny random Llama with a chara
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -130,13 +131,18 @@ def test_command_prints_a_row_per_reader_and_refuses_bad_values(tiny: Path, tmp_
     assert all(row["texts"] == {"train": 5, "rephrase": 5} for row in report["rows"])
     assert "| chance |" in out
     policy = Workspace(tmp_path).policy()
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    shutil.copy(policy, twin / policy.name)
     out = cli("goal-probe", "--num-layers", "--encoder", "hashed", "--steps", "2", "--eval-texts", "5",
-              "--policy", str(policy.parent), "--episodes", "6", "--json")
-    success = json.loads(out.strip().splitlines()[-1])["policy"]["success"]
+              "--policy", str(policy.parent), "--policy", str(twin), "--episodes", "6", "--json")
+    success = json.loads(out.strip().splitlines()[-1])["policies"]["success"][str(policy.parent)]
     assert set(success) == {"own reading", "encoder hashed", "true goal"}
     from kalm_rl.policy import load_policy
 
     assert success["own reading"] == evaluate_policy(load_policy(policy.parent), "rephrase", 6).success_rate
+    own = f"{100 * success['own reading']:.1f}"
+    assert f"| own reading | {own} | {own} | {own} ± 0.0 |" in out
     for argv, needle in ((("--steps", "0"), "steps"), (("--eval-texts", "0"), "eval_texts"),
                          (("--num-layers", "-1"), "--num-layers"), (("--model", "/nonexistent/m"), "/nonexistent/m"),
                          (("--base-readers", "full"), "full"), (("--policy", "/nonexistent/p"), "/nonexistent/p"),

@@ -52,9 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-texts", type=int, default=GoalProbeConfig.eval_texts,
                         help="wordings sampled per level for the accuracies")
     parser.add_argument("--seed", type=int, default=0, help="seed of the readers' training and samples")
-    parser.add_argument("--policy", type=path_argument, metavar="DIR",
+    parser.add_argument("--policy", action="append", default=[], type=path_argument, metavar="DIR",
                         help="a trained learner (kalm train's folder) to run on rephrase with each reader's "
-                             "translations")
+                             "translations (repeatable)")
     parser.add_argument("--episodes", type=int, default=200,
                         help="rephrase evaluation episodes of --policy (the benchmark's, evaluation seed 0)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -101,8 +101,9 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
     depths = [check_int(n, "--num-layers", 0) for n in args.num_layers]
     check_int(args.lora_rank, "--lora-rank", 1)
     check_count(args.episodes, "--episodes")
-    if args.policy is not None and not args.policy.is_dir():
-        raise FileNotFoundError(f"--policy folder {str(args.policy)!r} does not exist")
+    for directory in args.policy:
+        if not directory.is_dir():
+            raise FileNotFoundError(f"--policy folder {str(directory)!r} does not exist")
     encoders = [make_encoder(name) for name in dict.fromkeys(args.encoder or [DEFAULT_ENCODER])]
     models = [resolve_model(name) for name in args.model]  # a bad name fails before any training
     set_threads(args.threads)
@@ -126,10 +127,26 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
     results = [result for result, _ in probes]
     report: dict[str, Any] = {"config": config.__dict__, "rows": [r.to_dict() for r in results]}
     text = markdown_table(results)
-    if args.policy is not None:
-        success = policy_success(args.policy, [reader for _, reader in probes], args.episodes)
-        report["policy"] = {"policy": str(args.policy), "level": POLICY_LEVEL, "episodes": args.episodes,
-                            "success": success}
-        text += (f"\n\n{args.policy} on {POLICY_LEVEL} ({args.episodes} episodes), instructions read by:\n"
-                 + "\n".join(f"  {name:<40} {rate:6.1%}" for name, rate in success.items()))
+    if args.policy:
+        readers = [reader for _, reader in probes]
+        success = {str(directory): policy_success(directory, readers, args.episodes) for directory in args.policy}
+        report["policies"] = {"level": POLICY_LEVEL, "episodes": args.episodes, "success": success}
+        text += "\n\n" + policy_table(success, args.episodes)
     return report, text, 0
+
+
+def policy_table(success: Mapping[str, Mapping[str, float]], episodes: int) -> str:
+    """Success % of each policy (a column) per reading (a row), with the mean and standard error
+    over the policies when there are several."""
+    policies = list(success)
+    readings = list(next(iter(success.values())))
+    header = f"| {POLICY_LEVEL} success, {episodes} episodes | " + " | ".join(policies)
+    header += " | mean ± s.e. |" if len(policies) > 1 else " |"
+    lines = [header, "|---|" + "---:|" * (len(policies) + (len(policies) > 1))]
+    for reading in readings:
+        rates = np.array([success[p][reading] for p in policies]) * 100
+        cells = [f"{rate:.1f}" for rate in rates]
+        if len(policies) > 1:
+            cells.append(f"{rates.mean():.1f} ± {rates.std(ddof=1) / np.sqrt(len(rates)):.1f}")
+        lines.append(f"| {reading} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
