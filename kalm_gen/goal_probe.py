@@ -29,6 +29,7 @@ generator acting on this reading could at best teach it.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -109,10 +110,19 @@ def goal_fields(goal_numbers: np.ndarray) -> np.ndarray:
     return np.array([TRAIN_GOALS[int(n)].clauses[0] for n in goal_numbers], dtype=np.int64).reshape(-1, 3)
 
 
-def _wordings(level: str) -> tuple[list[str], np.ndarray]:
-    """Every wording of the 80 relation goals at ``level`` and its ``(N, 3)`` fields."""
+def train_wording(goal: Goal) -> str:
+    """The first train wording of ``goal``: what a reader's translation hands a learner."""
+    return instruction_variants(goal, "train")[0]
+
+
+@functools.cache
+def _wordings(level: str) -> tuple[tuple[str, ...], np.ndarray]:
+    """Every wording of the 80 relation goals at ``level`` and its ``(N, 3)`` fields (built once;
+    callers only read them)."""
     texts, numbers = level_instructions(level, max_wordings=10**9)
-    return texts, goal_fields(numbers)
+    fields = goal_fields(numbers)
+    fields.setflags(write=False)
+    return tuple(texts), fields
 
 
 def _loss(logits: torch.Tensor, fields: torch.Tensor) -> torch.Tensor:
@@ -144,7 +154,7 @@ class GoalReader:
         it names a ball related to itself, which no goal is); remembered per text."""
         if text not in self._translations:
             a, b, direction = (int(v) for v in self.name_goals([text])[0])
-            self._translations[text] = text if a == b else instruction_variants(Goal.relation(a, b, direction), "train")[0]
+            self._translations[text] = text if a == b else train_wording(Goal.relation(a, b, direction))
         return self._translations[text]
 
 
@@ -248,5 +258,6 @@ def markdown_table(results: Sequence[GoalProbeResult]) -> str:
     for result in results:
         cells = [f"{100 * result.accuracy[level][field]:.1f}" for level in PROBE_LEVELS for field in (*FIELDS, "goal")]
         lines.append(f"| {result.name} | " + " | ".join(cells) + f" | {result.seconds:.0f} |")
-    chance = "| chance | " + " | ".join(["20.0", "20.0", "25.0", "1.2"] * len(PROBE_LEVELS)) + " | |"
+    chance_rates = [100 / size for size in FIELD_SIZES] + [100 / len(TRAIN_GOALS)]
+    chance = "| chance | " + " | ".join([f"{rate:.1f}" for rate in chance_rates] * len(PROBE_LEVELS)) + " | |"
     return "\n".join([*lines, chance])

@@ -18,11 +18,13 @@ import numpy as np
 
 from kalm.commands import add_json_flag, path_argument
 from kalm.commands.imagine import set_threads
-from kalm_envs.language import instruction_variants, parse_instruction
+from kalm_envs.language import parse_instruction
 from kalm_envs.text_encoders import DEFAULT_ENCODER, ENCODER_NAMES, make_encoder
 from kalm_envs.validation import check_count, check_int
 from kalm_gen.base_model import DEFAULT_BASE_MODEL
-from kalm_gen.goal_probe import GoalProbeConfig, GoalReader, markdown_table, probe_encoder, probe_language_model
+from kalm_gen.goal_probe import (
+    GoalProbeConfig, GoalReader, markdown_table, probe_encoder, probe_language_model, train_wording,
+)
 from kalm_gen.published import resolve_model
 
 BASE_READERS = ("lora", "frozen")
@@ -79,7 +81,7 @@ class TranslatedPolicy:
 
 def true_goal_wording(text: str) -> str:
     """The first train wording of the goal ``text`` words (a perfect reader's translation)."""
-    return instruction_variants(parse_instruction(text), "train")[0]
+    return train_wording(parse_instruction(text))
 
 
 def policy_success(directory: Path, readers: Sequence[GoalReader], episodes: int) -> dict[str, float]:
@@ -89,10 +91,9 @@ def policy_success(directory: Path, readers: Sequence[GoalReader], episodes: int
     from kalm_rl.policy import load_policy
 
     policy = load_policy(directory)
-    translations: dict[str, Callable[[str], str] | None] = {
-        "own reading": None, **{r.name: r.translate for r in readers}, "true goal": true_goal_wording}
-    return {name: evaluate_policy(policy if translate is None else TranslatedPolicy(policy, translate),
-                                  POLICY_LEVEL, episodes).success_rate
+    translations: dict[str, Callable[[str], str]] = {
+        "own reading": lambda text: text, **{r.name: r.translate for r in readers}, "true goal": true_goal_wording}
+    return {name: evaluate_policy(TranslatedPolicy(policy, translate), POLICY_LEVEL, episodes).success_rate
             for name, translate in translations.items()}
 
 
