@@ -125,26 +125,24 @@ def one_step_errors(level: str, rollouts: Sequence[Episode]) -> dict[str, Any]:
 
 def action_agreement(model: Any, episodes: Sequence[Episode], batch_size: int = 16) -> dict[str, Any]:
     """Teacher-forced greedy actions of ``model`` at every state of real ``episodes`` (their
-    recorded instruction and trajectory as the prompt) against the scripted oracle's push from
-    that state (``oracle_agreement``) and the recorded push (``recorded_agreement``)."""
-    from kalm_gen.grounded_lm import to_tensors
+    recorded instruction and trajectory as the prompt; a goal-first model acts on the goal it
+    names) against the scripted oracle's push from that state (``oracle_agreement``) and the
+    recorded push (``recorded_agreement``)."""
+    from kalm_gen.grounded_lm import evaluating, to_tensors
     from kalm_gen.sequences import collate, rollout_sequence
 
     chosen: list[np.ndarray] = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for start in range(0, len(episodes), batch_size):
-                chunk = episodes[start:start + batch_size]
-                batch = collate([rollout_sequence(model.tokenize, e.instruction, e.observations, e.actions)
-                                 for e in chunk])
-                hidden = model.hidden_states(to_tensors(batch))
-                for row in range(len(chunk)):
-                    slots = np.flatnonzero(batch["action_targets"][row] >= 0)
-                    chosen.append(model.action_head(hidden[row, slots]).argmax(-1).numpy())
-    finally:
-        model.train(was_training)
+    with evaluating(model):
+        for start in range(0, len(episodes), batch_size):
+            chunk = episodes[start:start + batch_size]
+            batch = to_tensors(collate([rollout_sequence(model.tokenize, e.instruction, e.observations, e.actions)
+                                        for e in chunk]))
+            hidden = model.hidden_states(batch)
+            for row in range(len(chunk)):
+                slots = batch["action_targets"][row] >= 0
+                goal = model.name_goal(hidden[row, slots][0])  # goal first: named at the first state slot
+                logits = model.action_logits(hidden[row, slots], batch["states"][row, slots], goal)
+                chosen.append(logits.argmax(-1).numpy())
     oracle_hits = recorded_hits = total = 0
     for episode, actions, best in zip(episodes, chosen, oracle_pushes(episodes), strict=True):
         oracle_hits += int((actions == best).sum())

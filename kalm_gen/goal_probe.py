@@ -43,12 +43,11 @@ from kalm_envs.goals import TRAIN_GOALS, Goal
 from kalm_envs.language import instruction_variants
 from kalm_envs.separation import level_instructions
 from kalm_envs.validation import check_float, check_int, check_seed
+from kalm_gen.goal_fields import GOAL_FIELD_SIZES, GOAL_WIDTH, goal_field_loss, named_fields
 from kalm_gen.sequences import rollout_prompt
 
 #: The levels the probe reads: the reader learns on the first, the second measures transfer.
 PROBE_LEVELS = ("train", "rephrase")
-#: Sizes of the three goal fields: ball A, ball B, direction.
-FIELD_SIZES = (5, 5, 4)
 FIELDS = ("ball_a", "ball_b", "direction")
 MAX_STEPS = 100_000
 MAX_BATCH = 4096
@@ -125,17 +124,6 @@ def _wordings(level: str) -> tuple[tuple[str, ...], np.ndarray]:
     return tuple(texts), fields
 
 
-def _loss(logits: torch.Tensor, fields: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy of the three fields; ``logits`` ``(B, 14)``, ``fields`` ``(B, 3)``."""
-    parts = torch.split(logits.float(), FIELD_SIZES, dim=-1)
-    return sum(nn.functional.cross_entropy(part, fields[:, i]) for i, part in enumerate(parts))
-
-
-def _named(logits: torch.Tensor) -> np.ndarray:
-    """``(B, 3)`` fields the reader names."""
-    return np.stack([part.argmax(-1).numpy() for part in torch.split(logits.float(), FIELD_SIZES, dim=-1)], 1)
-
-
 class GoalReader:
     """A trained goal reader: a linear head on ``features(texts) -> (B, width)`` (float32)."""
 
@@ -146,7 +134,7 @@ class GoalReader:
     def name_goals(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """``(N, 3)`` int64 ball A, ball B and direction the reader names for ``texts``."""
         with torch.no_grad():
-            return np.concatenate([_named(self.head(self.features(list(texts[start:start + batch_size]))))
+            return np.concatenate([named_fields(self.head(self.features(list(texts[start:start + batch_size])))).numpy()
                                    for start in range(0, len(texts), batch_size)]).astype(np.int64)
 
     def translate(self, text: str) -> str:
@@ -167,7 +155,7 @@ def _fit_reader(
     from tqdm.auto import tqdm
 
     generator = torch.Generator().manual_seed(config.seed)
-    head = nn.Linear(width, sum(FIELD_SIZES))
+    head = nn.Linear(width, GOAL_WIDTH)
     with torch.no_grad():
         head.weight.copy_(torch.randn(head.weight.shape, generator=generator) / width**0.5)
         head.bias.zero_()
@@ -176,7 +164,7 @@ def _fit_reader(
     rng = np.random.default_rng(config.seed)
     for _ in tqdm(range(config.steps), desc=f"goal probe {name}", disable=not progress, leave=False):
         rows = rng.integers(0, len(texts), config.batch_size)
-        loss = _loss(head(features([texts[i] for i in rows])), torch.as_tensor(fields[rows]))
+        loss = goal_field_loss(head(features([texts[i] for i in rows])), torch.as_tensor(fields[rows])).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -258,6 +246,6 @@ def markdown_table(results: Sequence[GoalProbeResult]) -> str:
     for result in results:
         cells = [f"{100 * result.accuracy[level][field]:.1f}" for level in PROBE_LEVELS for field in (*FIELDS, "goal")]
         lines.append(f"| {result.name} | " + " | ".join(cells) + f" | {result.seconds:.0f} |")
-    chance_rates = [100 / size for size in FIELD_SIZES] + [100 / len(TRAIN_GOALS)]
+    chance_rates = [100 / size for size in GOAL_FIELD_SIZES] + [100 / len(TRAIN_GOALS)]
     chance = "| chance | " + " | ".join([f"{rate:.1f}" for rate in chance_rates] * len(PROBE_LEVELS)) + " | |"
     return "\n".join([*lines, chance])

@@ -4,7 +4,13 @@
 
 - ``state_encoder``: MLP 10 -> d, writes a ball state into a state slot;
 - ``action_embedding``: 40 x d table, writes an action into an action slot;
-- ``action_head``: d -> 40 logits, read at state slots (the next action);
+- ``action_head``: the next action's 40 logits at a state slot, read as set by
+  ``GroundedLMConfig.action_head`` (:meth:`GroundedLM.action_logits`): ``"hidden"``, a linear map
+  of the slot's hidden state; ``"goal"`` (goal first), an MLP over the goal the LM names and the
+  slot's ball state;
+- ``goal_head`` (``action_head="goal"`` only): d -> 14 logits of the goal's fields (ball A 5, ball
+  B 5, direction 4), read at a goal slot: the first state slot of a rollout (the instruction and
+  the initial state before it) and the end of an explanation prompt (the trajectory before it);
 - ``state_head``: MLP d -> 10, read at action slots: the next state, given the state before the
   action (:meth:`GroundedLM.next_state`, parameterised as set by ``GroundedLMConfig.state_head``).
 
@@ -19,7 +25,9 @@ heads and config together; :meth:`GroundedLM.load` restores exactly what was sav
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,11 +38,13 @@ from torch import nn
 
 from kalm_envs.validation import check_choice, check_float, check_int, check_str
 from kalm_gen.base_model import resolve_base_model
+from kalm_gen.goal_fields import GOAL_WIDTH, goal_one_hot, named_fields
 from kalm_gen.sequences import ACTION_SLOT, STATE_SCALE, STATE_SLOT
 
 N_ACTIONS = 40
 STATE_DIM = 10
 STATE_HEADS = ("bounded", "delta")
+ACTION_HEADS = ("hidden", "goal")
 #: Box (m) of the bounded state head: where the walls keep ball centres after a push
 #: (:data:`kalm_envs.physics.BALL_X_LIMITS`, ``BALL_Y_LIMITS``; every real state after a push of
 #: real-v0 lies within x +-0.479, y -0.179..0.580) plus 5 mm, tiled over the five balls. Initial
@@ -67,6 +77,10 @@ class GroundedLMConfig:
             can pass a wall and an output of 0 leaves a ball where it is; ``"delta"``: ``next = state + out *``
             :data:`~kalm_gen.sequences.STATE_SCALE`, unbounded (models saved before the field
             existed).
+        action_head: ``"hidden"``: the action head is linear in the hidden state at a state slot
+            (models saved before the field existed); ``"goal"``: goal first, the LM names the
+            goal's fields with a goal head and an MLP (``head_hidden`` wide) maps the named goal
+            (one-hot, :func:`~kalm_gen.goal_fields.goal_one_hot`) and the ball state to the action.
     """
 
     base_model: str = "smollm2"
@@ -78,6 +92,7 @@ class GroundedLMConfig:
     head_hidden: int = 256
     num_layers: int | None = None
     state_head: str = "bounded"
+    action_head: str = "hidden"
 
     def __post_init__(self) -> None:
         check_str(self.base_model, "base_model")
@@ -86,6 +101,7 @@ class GroundedLMConfig:
             check_int(getattr(self, name), name, low=1)
         check_float(self.lora_dropout, "lora_dropout", 0.0, 1.0, high_open=True)
         check_choice(self.state_head, "state_head", STATE_HEADS)
+        check_choice(self.action_head, "action_head", ACTION_HEADS)
         if self.num_layers is not None:
             check_int(self.num_layers, "num_layers", low=1)
 
@@ -107,10 +123,37 @@ class GroundedLM(nn.Module):
             nn.Linear(STATE_DIM, config.head_hidden), nn.GELU(), nn.Linear(config.head_hidden, width)
         )
         self.action_embedding = nn.Embedding(N_ACTIONS, width)
-        self.action_head = nn.Linear(width, N_ACTIONS)
+        self._build_action_head()
         self.state_head = nn.Sequential(
             nn.Linear(width, config.head_hidden), nn.GELU(), nn.Linear(config.head_hidden, STATE_DIM)
         )
+
+    def _build_action_head(self) -> None:
+        """Fresh action head (and goal head, goal first) as ``config.action_head`` says."""
+        width, hidden = self._causal_lm().config.hidden_size, self.config.head_hidden
+        if self.config.action_head == "goal":
+            self.goal_head = nn.Linear(width, GOAL_WIDTH)
+            self.action_head = nn.Sequential(
+                nn.Linear(GOAL_WIDTH + STATE_DIM, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+                nn.Linear(hidden, N_ACTIONS),
+            )
+        else:
+            self.goal_head = None
+            self.action_head = nn.Linear(width, N_ACTIONS)
+
+    def replace_action_head(self, action_head: str, seed: int = 0) -> None:
+        """Switch to ``action_head`` (``"hidden"`` or ``"goal"``) with new, seeded heads; the LM,
+        its adapter and the state encoder and head stay as they are (a goal-first model started
+        from a grounded one)."""
+        check_choice(action_head, "action_head", ACTION_HEADS)
+        self.config = GroundedLMConfig(**{**asdict(self.config), "action_head": action_head})
+        torch.manual_seed(seed)
+        self._build_action_head()
+
+    @property
+    def head_names(self) -> tuple[str, ...]:
+        """The modules saved beside the LM: the encoders and heads this model has."""
+        return _HEADS + (("goal_head",) if self.goal_head is not None else ())
 
     # --- building, saving, loading --------------------------------------------------------------
 
@@ -140,7 +183,7 @@ class GroundedLM(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2))
-        heads = {f"{name}.{key}": value.detach().cpu().contiguous() for name in _HEADS
+        heads = {f"{name}.{key}": value.detach().cpu().contiguous() for name in self.head_names
                  for key, value in getattr(self, name).state_dict().items()}
         save_file(heads, str(folder / HEADS_FILE))
         if self.config.finetune == "lora":
@@ -170,6 +213,7 @@ class GroundedLM(nn.Module):
 
         values = json.loads((folder / CONFIG_FILE).read_text())
         values.setdefault("state_head", "delta")  # saved before bounded heads existed
+        values.setdefault("action_head", "hidden")  # saved before goal-first heads existed
         config = GroundedLMConfig(**values)
         tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
         if config.finetune == "lora":
@@ -183,7 +227,7 @@ class GroundedLM(nn.Module):
             lm = AutoModelForCausalLM.from_pretrained(folder / FULL_MODEL_DIR, local_files_only=True, dtype=torch.float32)
         model = cls(lm, tokenizer, config)
         heads = load_file(str(folder / HEADS_FILE))
-        for name in _HEADS:
+        for name in model.head_names:
             prefix = f"{name}."
             getattr(model, name).load_state_dict({k[len(prefix):]: v for k, v in heads.items() if k.startswith(prefix)})
         return model
@@ -231,6 +275,28 @@ class GroundedLM(nn.Module):
         embeddings = self.embed(batch["token_ids"], batch["kinds"], batch["states"], batch["actions"])
         return self.decode(embeddings, None, position_ids=batch["position_ids"]).last_hidden_state
 
+    def name_goal(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """``(..., 3)`` int64 ball A, ball B and direction the goal head names from the hidden
+        state at a goal slot ``(..., d)``; None for a model without a goal head."""
+        return None if self.goal_head is None else named_fields(self.goal_head(hidden))
+
+    def action_logits(self, hidden: torch.Tensor, states: torch.Tensor, goal: torch.Tensor | None) -> torch.Tensor:
+        """``(..., 40)`` logits of the next action at state slots: from their hidden states
+        ``(..., d)`` (``action_head="hidden"``; ``goal`` unused, may be None), or goal first
+        (:meth:`goal_action_logits`) from the slots' ball states and the goal's fields."""
+        if self.goal_head is None:
+            return self.action_head(hidden)
+        if goal is None:
+            raise ValueError("a goal-first action head needs the goal's fields")
+        return self.goal_action_logits(states.to(hidden.dtype), goal)
+
+    def goal_action_logits(self, states: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        """Goal first: ``(..., 40)`` action logits from ball states ``(..., 10)`` (m) and the goal's
+        fields, ``(..., 3)`` or one ``(3,)`` for all, int64 (-1: none;
+        :func:`~kalm_gen.goal_fields.goal_one_hot`); no LM involved."""
+        code = goal_one_hot(goal).to(states.dtype).expand(*states.shape[:-1], GOAL_WIDTH)
+        return self.action_head(torch.cat([code, states / STATE_SCALE], dim=-1))
+
     def next_state(self, hidden: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """The predicted next state ``(..., 10)`` (m, float32) from the hidden state at an action
         slot ``(..., d)`` and the state before the action ``(..., 10)`` (m)."""
@@ -256,6 +322,18 @@ def _keep_layers(lm: nn.Module, num_layers: int | None) -> nn.Module:
 
 
 _HEADS = ("state_encoder", "action_embedding", "action_head", "state_head")
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode and without gradients for the block; its mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
 
 
 def to_tensors(batch: dict[str, Any], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:

@@ -35,6 +35,7 @@ import numpy as np
 from kalm_envs.goals import Goal
 from kalm_envs.language import instruction_variants
 from kalm_envs.dataset_checks import dataset_level, read_dataset
+from kalm_gen.goal_fields import goal_fields_of
 from kalm_gen.sequences import TASKS, Sequence as TokenSequence
 from kalm_gen.sequences import collate, dynamics_sequence, explain_sequence, pack, rollout_sequence
 
@@ -61,7 +62,8 @@ class GroundingEpisode:
         source: the dataset it came from (as given), and ``index`` its position there.
         level: the dataset's instruction level (train, rephrase, easy or hard).
         states: ``(T + 1, 10)`` float32; ``actions``: ``(T,)`` int64, ``T >= 1``.
-        goal: ``(10,)`` int64 goal array.
+        goal: ``(10,)`` int64 goal array; ``goal_fields`` its ``(3,)`` fields
+            (:func:`~kalm_gen.goal_fields.goal_fields_of`).
         recorded_instruction: the instruction stored in the dataset.
         wordings: the texts an instruction is drawn from: every wording of the goal at ``level``,
             or just the recorded instruction when it is not one of them.
@@ -74,6 +76,7 @@ class GroundingEpisode:
     states: np.ndarray
     actions: np.ndarray
     goal: np.ndarray
+    goal_fields: np.ndarray
     recorded_instruction: str
     wordings: tuple[str, ...]
 
@@ -131,6 +134,7 @@ def load_grounding_episodes(
                 states=packed["observations"][state_starts[i]:state_starts[i + 1]].astype(np.float32),
                 actions=packed["actions"][step_starts[i]:step_starts[i + 1]].astype(np.int64),
                 goal=goal,
+                goal_fields=goal_fields_of(goal),
                 recorded_instruction=recorded,
                 wordings=_wordings(goal, level, recorded, cache),
             ))
@@ -217,9 +221,11 @@ class GroundingData:
             )
         instruction = episode.wordings[int(rng.integers(len(episode.wordings)))]
         if task == "rollout":
-            return rollout_sequence(self._tokens, instruction, episode.states, episode.actions)
+            return rollout_sequence(self._tokens, instruction, episode.states, episode.actions, episode.goal_fields)
         if task == "explain":
-            return explain_sequence(self._tokens, self.eos_id, instruction, episode.states, episode.actions)
+            return explain_sequence(
+                self._tokens, self.eos_id, instruction, episode.states, episode.actions, episode.goal_fields
+            )
         raise ValueError(f"unknown task {task!r}; tasks are {list(TASKS)}")
 
     # --- training batches ------------------------------------------------------------------------

@@ -3,8 +3,10 @@
 A rollout is generated in the layout of :func:`kalm_gen.sequences.rollout_sequence`: the prompt
 ``"Instruction: <text>\\nRollout:"`` and the initial state slot ``S0``, then alternately
 
-- the hidden state at the last state slot ``S_t`` -> ``action_head`` -> action ``a_t`` (argmax, or
-  drawn from ``softmax(logits / temperature)`` with the episode's own seeded ``torch.Generator``);
+- the hidden state at the last state slot ``S_t`` -> the action head
+  (:meth:`~kalm_gen.grounded_lm.GroundedLM.action_logits`; a goal-first model acts on the goal it
+  named once at ``S0`` and the state ``S_t`` instead) -> action ``a_t`` (argmax, or drawn from
+  ``softmax(logits / temperature)`` with the episode's own seeded ``torch.Generator``);
 - the action slot ``A_t`` is fed -> ``state_head`` gives the next state ``S_{t+1}`` from ``S_t``
   (:meth:`~kalm_gen.grounded_lm.GroundedLM.next_state`; :class:`SimulatorDynamics` takes the
   simulator's next state instead, a closed-loop run of the model's actions);
@@ -400,9 +402,11 @@ def _generate(
                 generators = [_episode_generator(seed, i) for i in live] if temperature > 0 else []
                 decoder = decoder_class(model, device)
                 hidden = decoder.start([model.tokenize(rollout_prompt(instructions[i])) for i in live], initial[live])
+                goal = model.name_goal(hidden)  # goal first: (B, 3) named at the first state slot
                 current = initial[live]
                 for step in range(1, max_steps + 1):
-                    chosen = _choose_actions(model.action_head(hidden), temperature, generators)
+                    logits = model.action_logits(hidden, torch.as_tensor(current, device=device), goal)
+                    chosen = _choose_actions(logits, temperature, generators)
                     hidden = decoder.feed(ACTION_SLOT, actions=chosen)
                     following = dynamics(hidden, current, chosen, live)
                     valid = state_valid(following)
@@ -427,6 +431,7 @@ def _generate(
                         decoder.select(torch.as_tensor(keep))
                         live, current = live[keep], following[keep]
                         generators = [generators[k] for k in keep] if generators else []
+                        goal = None if goal is None else goal[torch.as_tensor(keep, device=device)]
                     else:
                         current = following
                     hidden = decoder.feed(STATE_SLOT, states=current)

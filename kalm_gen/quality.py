@@ -15,7 +15,9 @@ temperature) and measured:
 Explanation (rollout -> text) is measured on REAL episodes the model did not train on (by
 convention the last episodes of a dataset, see :func:`held_out_episodes`): the instruction is
 greedily decoded after ``"\\nInstruction:"`` with the KV cache, parsed with
-:func:`kalm_envs.language.parse_instruction` and compared with the episode's true goal.
+:func:`kalm_envs.language.parse_instruction` and compared with the episode's true goal. A
+goal-first model explains with its goal head instead (:func:`goal_head_explanations`: the train
+wording of the goal it names at the same position), and the report says which (``source``).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from kalm_gen.imagine import (
     imagine_tasks,
     level_tasks,
 )
-from kalm_gen.sequences import EXPLAIN_ANSWER, EXPLAIN_PROMPT, TEXT, SequenceBuilder
+from kalm_gen.sequences import TEXT, explain_prefix
 
 QUALITY_SEED = 3_000_000  # tasks far from the datasets' seeds (0.., 1000000.., refs 11000000..)
 DEFAULT_MAX_NEW_TOKENS = 128
@@ -110,11 +112,7 @@ def rollout_quality(
 
 
 def _explain_prefix(model: Any, episode: Episode) -> dict[str, np.ndarray]:
-    builder = SequenceBuilder("explain")
-    builder.text(model.tokenize(EXPLAIN_PROMPT))
-    builder.trajectory(episode.observations, episode.actions, targets=False)
-    builder.text(model.tokenize(EXPLAIN_ANSWER))
-    sequence = builder.build()
+    sequence = explain_prefix(model.tokenize, episode.observations, episode.actions).build()
     return {"token_ids": sequence.token_ids, "kinds": sequence.kinds.astype(np.int64),
             "states": sequence.states, "actions": sequence.actions}
 
@@ -127,53 +125,70 @@ def explain_episodes(
     that produced ``eos`` keeps decoding with the batch but its further tokens are discarded)."""
     from transformers import DynamicCache
 
+    from kalm_gen.grounded_lm import evaluating
+
     device = next(model.parameters()).device
     texts: list[str] = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for start in range(0, len(episodes), batch_size):
-                prefixes = [_explain_prefix(model, e) for e in episodes[start:start + batch_size]]
-                width = max(len(p["token_ids"]) for p in prefixes)
-                rows = len(prefixes)
-                arrays = {
-                    "token_ids": np.zeros((rows, width), np.int64), "kinds": np.full((rows, width), TEXT, np.int64),
-                    "states": np.zeros((rows, width, 10), np.float32), "actions": np.zeros((rows, width), np.int64),
-                }
-                mask = np.zeros((rows, width), np.int64)
-                for row, prefix in enumerate(prefixes):
-                    size = len(prefix["token_ids"])
-                    for key in arrays:
-                        arrays[key][row, width - size:] = prefix[key]
-                    mask[row, width - size:] = 1
-                tensors = {k: torch.as_tensor(v, device=device) for k, v in arrays.items()}
-                attention = torch.as_tensor(mask, device=device)
-                embeddings = model.embed(tensors["token_ids"], tensors["kinds"], tensors["states"], tensors["actions"])
-                out = model.decode(embeddings, attention, past_key_values=DynamicCache(),
-                                   position_ids=(attention.cumsum(-1) - 1).clamp(min=0))
-                generated = [[] for _ in range(rows)]
-                finished = np.zeros(rows, dtype=bool)
-                for _ in range(max_new_tokens):
-                    tokens = model.text_logits(out.last_hidden_state[:, -1]).argmax(-1)
-                    for row, token in enumerate(tokens.tolist()):
-                        if finished[row]:
-                            continue
-                        if token == model.eos_id:
-                            finished[row] = True
-                        else:
-                            generated[row].append(token)
-                    if finished.all():
-                        break
-                    attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
-                    step_ids = tokens[:, None]
-                    zeros = torch.zeros_like(step_ids)
-                    embeddings = model.embed(step_ids, zeros + TEXT, torch.zeros(rows, 1, 10, device=device), zeros)
-                    out = model.decode(embeddings, attention, past_key_values=out.past_key_values,
-                                       position_ids=(attention.cumsum(-1) - 1)[:, -1:])
-                texts += [model.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in generated]
-    finally:
-        model.train(was_training)
+    with evaluating(model):
+        for start in range(0, len(episodes), batch_size):
+            prefixes = [_explain_prefix(model, e) for e in episodes[start:start + batch_size]]
+            width = max(len(p["token_ids"]) for p in prefixes)
+            rows = len(prefixes)
+            arrays = {
+                "token_ids": np.zeros((rows, width), np.int64), "kinds": np.full((rows, width), TEXT, np.int64),
+                "states": np.zeros((rows, width, 10), np.float32), "actions": np.zeros((rows, width), np.int64),
+            }
+            mask = np.zeros((rows, width), np.int64)
+            for row, prefix in enumerate(prefixes):
+                size = len(prefix["token_ids"])
+                for key in arrays:
+                    arrays[key][row, width - size:] = prefix[key]
+                mask[row, width - size:] = 1
+            tensors = {k: torch.as_tensor(v, device=device) for k, v in arrays.items()}
+            attention = torch.as_tensor(mask, device=device)
+            embeddings = model.embed(tensors["token_ids"], tensors["kinds"], tensors["states"], tensors["actions"])
+            out = model.decode(embeddings, attention, past_key_values=DynamicCache(),
+                               position_ids=(attention.cumsum(-1) - 1).clamp(min=0))
+            generated = [[] for _ in range(rows)]
+            finished = np.zeros(rows, dtype=bool)
+            for _ in range(max_new_tokens):
+                tokens = model.text_logits(out.last_hidden_state[:, -1]).argmax(-1)
+                for row, token in enumerate(tokens.tolist()):
+                    if finished[row]:
+                        continue
+                    if token == model.eos_id:
+                        finished[row] = True
+                    else:
+                        generated[row].append(token)
+                if finished.all():
+                    break
+                attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
+                step_ids = tokens[:, None]
+                zeros = torch.zeros_like(step_ids)
+                embeddings = model.embed(step_ids, zeros + TEXT, torch.zeros(rows, 1, 10, device=device), zeros)
+                out = model.decode(embeddings, attention, past_key_values=out.past_key_values,
+                                   position_ids=(attention.cumsum(-1) - 1)[:, -1:])
+            texts += [model.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in generated]
+    return texts
+
+
+def goal_head_explanations(model: Any, episodes: Sequence[Episode], batch_size: int = DEFAULT_BATCH_SIZE) -> list[str]:
+    """Goal first: each episode's explanation is the train wording of the goal the goal head
+    names at the end of the explain prompt (an empty text when it names no goal: a ball related
+    to itself)."""
+    from kalm_gen.goal_probe import train_wording
+    from kalm_gen.grounded_lm import evaluating, to_tensors
+    from kalm_gen.sequences import collate
+
+    texts: list[str] = []
+    with evaluating(model):
+        for start in range(0, len(episodes), batch_size):
+            chunk = episodes[start:start + batch_size]
+            batch = to_tensors(collate([explain_prefix(model.tokenize, e.observations, e.actions).build()
+                                        for e in chunk]), next(model.parameters()).device)
+            named = model.name_goal(model.hidden_states(batch)[batch["goal_slot"].bool()]).cpu().numpy()
+            texts += ["" if a == b else train_wording(Goal.relation(int(a), int(b), int(direction)))
+                      for a, b, direction in named]
     return texts
 
 
@@ -230,8 +245,12 @@ def imagination_quality(
         for level in levels
     }, "sample_seed": sample_seed}
     if real_episodes:
-        texts = explain_episodes(model, real_episodes, batch_size, max_new_tokens)
-        report["explanation"] = score_explanations(texts, real_episodes)
+        if model.goal_head is not None:
+            texts = goal_head_explanations(model, real_episodes, batch_size)
+        else:
+            texts = explain_episodes(model, real_episodes, batch_size, max_new_tokens)
+        report["explanation"] = {**score_explanations(texts, real_episodes),
+                                 "source": "text" if model.goal_head is None else "goal head"}
         if diagnose:
             report["explanation"]["parts"] = explanation_parts(texts, real_episodes)
             report["action_agreement"] = action_agreement(model, real_episodes, batch_size)

@@ -16,6 +16,10 @@ Three grounding tasks (DESIGN.md section 5):
 | ``rollout`` (goal -> rollout) | ``"Instruction: <text>\\nRollout:"`` S0 A0 S1 ... S_T | actions and states |
 | ``explain`` (rollout -> goal) | ``"Rollout:"`` S0 A0 ... S_T ``"\\nInstruction: <text><eos>"`` | instruction tokens |
 | ``dynamics`` (one step) | ``"Dynamics:"`` S_t A_t S_{t+1} | the next state |
+
+Rollout and explain sequences also carry their goal's fields (ball A, ball B, direction:
+:func:`kalm_gen.goal_fields.goal_fields_of`) at every position, and mark one *goal slot* where a goal-first model
+names them: a rollout's first state slot, and an explanation's last prompt position.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from kalm_gen.goal_fields import NO_GOAL
 
 TEXT, STATE_SLOT, ACTION_SLOT = 0, 1, 2
 IGNORE = -100  # target value meaning "no loss here" (PyTorch's cross-entropy default)
@@ -39,7 +45,6 @@ EXPLAIN_PROMPT = "Rollout:"
 EXPLAIN_ANSWER = "\nInstruction:"
 DYNAMICS_PROMPT = "Dynamics:"
 
-
 @dataclass
 class Sequence:
     """One example, all arrays of length ``L`` (positions).
@@ -53,6 +58,8 @@ class Sequence:
         action_targets: int64 next action at state slots, else :data:`IGNORE`.
         state_targets: ``(L, 10)`` float32 scaled next-state change at action slots.
         state_target_mask: bool, where ``state_targets`` counts.
+        goal_fields: ``(L, 3)`` int64 the goal's fields at every position (-1: none).
+        goal_slot: bool, where a goal-first model names the goal (at most one position).
         task: which grounding task built it.
     """
 
@@ -64,6 +71,8 @@ class Sequence:
     action_targets: np.ndarray
     state_targets: np.ndarray
     state_target_mask: np.ndarray
+    goal_fields: np.ndarray
+    goal_slot: np.ndarray
     task: str
 
     def __len__(self) -> int:
@@ -73,8 +82,10 @@ class Sequence:
 class SequenceBuilder:
     """Appends text and trajectory pieces, then freezes them into a :class:`Sequence`."""
 
-    def __init__(self, task: str) -> None:
+    def __init__(self, task: str, goal_fields: np.ndarray = NO_GOAL) -> None:
         self.task = task
+        self.goal = np.asarray(goal_fields, dtype=np.int64)
+        self.goal_position: int | None = None
         self.token_ids: list[int] = []
         self.kinds: list[int] = []
         self.states: list[np.ndarray] = []
@@ -93,6 +104,10 @@ class SequenceBuilder:
         self.action_targets.append(IGNORE)
         self.state_targets.append(np.zeros(10, np.float32))
         self.state_target_mask.append(False)
+
+    def mark_goal_slot(self, position: int) -> None:
+        """Make ``position`` the sequence's goal slot."""
+        self.goal_position = position
 
     def text(self, token_ids: list[int], target: bool = False) -> None:
         """Append text; with ``target`` the position before each token learns to predict it."""
@@ -118,6 +133,9 @@ class SequenceBuilder:
         self._append(STATE_SLOT, state=states[len(actions)])
 
     def build(self) -> Sequence:
+        goal_slot = np.zeros(len(self.kinds), dtype=bool)
+        if self.goal_position is not None:
+            goal_slot[self.goal_position] = True
         return Sequence(
             token_ids=np.array(self.token_ids, dtype=np.int64),
             kinds=np.array(self.kinds, dtype=np.int8),
@@ -127,27 +145,44 @@ class SequenceBuilder:
             action_targets=np.array(self.action_targets, dtype=np.int64),
             state_targets=np.stack(self.state_targets).astype(np.float32),
             state_target_mask=np.array(self.state_target_mask, dtype=bool),
+            goal_fields=np.tile(self.goal, (len(self.kinds), 1)),
+            goal_slot=goal_slot,
             task=self.task,
         )
 
 
-def rollout_sequence(tokenize, instruction: str, states: np.ndarray, actions: np.ndarray) -> Sequence:
-    """Goal -> rollout: the instruction, then the trajectory with action and state targets.
+def rollout_sequence(
+    tokenize, instruction: str, states: np.ndarray, actions: np.ndarray, goal_fields: np.ndarray = NO_GOAL,
+) -> Sequence:
+    """Goal -> rollout: the instruction, then the trajectory with action and state targets; the
+    goal slot is the first state slot.
 
-    ``tokenize(text) -> list[int]`` is the LM tokenizer without special tokens.
+    ``tokenize(text) -> list[int]`` is the LM tokenizer without special tokens; ``goal_fields``
+    the goal's (:func:`kalm_gen.goal_fields.goal_fields_of`).
     """
-    builder = SequenceBuilder("rollout")
+    builder = SequenceBuilder("rollout", goal_fields)
     builder.text(tokenize(rollout_prompt(instruction)))
+    builder.mark_goal_slot(len(builder.kinds))
     builder.trajectory(states, actions, targets=True)
     return builder.build()
 
 
-def explain_sequence(tokenize, eos_id: int, instruction: str, states: np.ndarray, actions: np.ndarray) -> Sequence:
-    """Rollout -> goal: the trajectory, then the instruction as the LM's target."""
-    builder = SequenceBuilder("explain")
+def explain_prefix(tokenize, states: np.ndarray, actions: np.ndarray, goal_fields: np.ndarray = NO_GOAL) -> SequenceBuilder:
+    """Rollout -> goal up to where the answer starts: the trajectory and the answer prompt, whose
+    last position is the goal slot."""
+    builder = SequenceBuilder("explain", goal_fields)
     builder.text(tokenize(EXPLAIN_PROMPT))
     builder.trajectory(states, actions, targets=False)
     builder.text(tokenize(EXPLAIN_ANSWER))
+    builder.mark_goal_slot(len(builder.kinds) - 1)
+    return builder
+
+
+def explain_sequence(
+    tokenize, eos_id: int, instruction: str, states: np.ndarray, actions: np.ndarray, goal_fields: np.ndarray = NO_GOAL,
+) -> Sequence:
+    """Rollout -> goal: the trajectory, then the instruction as the LM's target."""
+    builder = explain_prefix(tokenize, states, actions, goal_fields)
     builder.text(tokenize(" " + instruction) + [eos_id], target=True)
     return builder.build()
 
@@ -165,7 +200,7 @@ def dynamics_sequence(tokenize, state: np.ndarray, action: int, next_state: np.n
 
 _FILLS = (
     ("token_ids", 0), ("kinds", TEXT), ("actions", 0), ("token_targets", IGNORE),
-    ("action_targets", IGNORE), ("state_target_mask", False),
+    ("action_targets", IGNORE), ("state_target_mask", False), ("goal_slot", False),
 )
 
 
@@ -179,6 +214,7 @@ def _rows(sequences: list[Sequence], rows: list[list[int]], length: int) -> dict
         batch[name] = np.full((len(rows), length), fill, dtype=getattr(sequences[0], name).dtype)
     for name in ("states", "state_targets"):
         batch[name] = np.zeros((len(rows), length, 10), dtype=np.float32)
+    batch["goal_fields"] = np.full((len(rows), length, 3), -1, dtype=np.int64)
     batch["attention_mask"] = np.zeros((len(rows), length), dtype=np.int64)
     batch["position_tasks"] = np.full((len(rows), length), -1, dtype=np.int64)
     batch["position_ids"] = np.zeros((len(rows), length), dtype=np.int64)
@@ -186,7 +222,7 @@ def _rows(sequences: list[Sequence], rows: list[list[int]], length: int) -> dict
         start = 0
         for i in members:
             sequence, end = sequences[i], start + len(sequences[i])
-            for name in (*(f for f, _ in _FILLS), "states", "state_targets"):
+            for name in (*(f for f, _ in _FILLS), "states", "state_targets", "goal_fields"):
                 batch[name][r, start:end] = getattr(sequence, name)
             batch["attention_mask"][r, start:end] = 1
             batch["position_tasks"][r, start:end] = TASKS.index(sequence.task)

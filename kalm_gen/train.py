@@ -62,7 +62,9 @@ from kalm_envs.dataset_checks import dataset_level
 from kalm_envs.torch_files import read_torch_file
 from kalm_envs.validation import (
     InvalidTypeError, check_choice, check_count, check_float, check_int, check_path, check_paths, check_seed,
+    check_str,
 )
+from kalm_gen.goal_fields import goal_field_loss
 from kalm_gen.grounded_lm import GroundedLM, GroundedLMConfig, to_tensors
 from kalm_gen.grounding_data import (
     DEFAULT_TASK_WEIGHTS,
@@ -91,6 +93,8 @@ COMPONENTS: tuple[tuple[str, str, str], ...] = (
     ("rollout_state", "rollout", "state"),
     ("explain", "explain", "text"),
     ("dynamics", "dynamics", "state"),
+    ("rollout_goal", "rollout", "goal"),  # goal-first models only: the goal head at goal slots
+    ("explain_goal", "explain", "goal"),
 )
 _CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
 
@@ -118,6 +122,16 @@ class GroundingTrainConfig:
         max_episodes: at most this many episodes of each dataset (the first ones).
         num_layers: keep the LM's first this many decoder layers (None: all).
         state_head: ``"bounded"`` or ``"delta"`` (see :class:`~kalm_gen.grounded_lm.GroundedLMConfig`).
+        action_head: ``"hidden"`` or ``"goal"`` (goal first; see
+            :class:`~kalm_gen.grounded_lm.GroundedLMConfig`).
+        init_model: start from this grounded model (a published name or a saved model's folder)
+            instead of the base model: its LM, adapter, state encoder and heads; the action head
+            too when ``action_head`` is the model's, else new heads (:meth:`GroundedLM.replace_action_head`).
+            The model's structure (base model, finetune, LoRA, head width, layers, state head) must
+            be the config's. None: a fresh model.
+        action_fit_updates: goal first: before the first step, fit the action head alone on every
+            training transition for this many updates (:func:`kalm_gen.action_fit.fit_goal_action_head`;
+            logged as ``action_fit``). 0: none.
         precision: ``"bf16"`` (bfloat16 autocast, on a CPU as well), ``"fp32"``, or ``"auto"``:
             bf16 on a GPU that supports it, else fp32 (``benchmarks/ground_speed.py``: on an AVX2
             CPU bf16 autocast is about 12x slower than fp32).
@@ -148,6 +162,9 @@ class GroundingTrainConfig:
     max_episodes: int | None = None
     num_layers: int | None = None
     state_head: str = "bounded"
+    action_head: str = "hidden"
+    init_model: str | None = None
+    action_fit_updates: int = 0
     precision: str = "auto"
     pack_length: int | None = 512
 
@@ -183,13 +200,22 @@ class GroundingTrainConfig:
         check_float(self.val_fraction, "val_fraction", 0.0, 1.0, high_open=True)
         check_choice(self.precision, "precision", PRECISIONS)
         normalize_task_weights(self.task_weights)
-        self.model_config()  # num_layers and state_head
+        self.model_config()  # num_layers, state_head and action_head
+        check_int(self.action_fit_updates, "action_fit_updates", low=0)
+        if self.action_fit_updates and self.action_head != "goal":
+            raise ValueError(f"action_fit_updates {self.action_fit_updates} needs action_head 'goal', "
+                             f"not {self.action_head!r}")
+        if self.init_model is not None:
+            from kalm_gen.published import resolve_model
+
+            resolve_model(check_str(self.init_model, "init_model"))
 
     def model_config(self) -> GroundedLMConfig:
         return GroundedLMConfig(
             base_model=self.base_model, finetune=self.finetune, lora_rank=self.lora_rank,
             lora_alpha=self.lora_alpha if self.lora_alpha is not None else 2 * self.lora_rank,
             head_hidden=self.head_hidden, num_layers=self.num_layers, state_head=self.state_head,
+            action_head=self.action_head,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -231,10 +257,14 @@ class GroundingObjective(nn.Module):
             "state": batch["state_target_mask"].bool(),
             "text": batch["token_targets"] != IGNORE,
         }
+        if model.goal_head is not None:  # fields only where the goal has them (not compound goals)
+            masks["goal"] = batch["goal_slot"].bool() & (batch["goal_fields"][..., 0] >= 0)
         errors = {}  # per target position, over every task
         if masks["action"].any():
-            logits = model.action_head(hidden[masks["action"]]).float()
-            errors["action"] = F.cross_entropy(logits, batch["action_targets"][masks["action"]], reduction="none")
+            where = masks["action"]
+            # teacher forcing: a goal-first head acts on the true goal's fields
+            logits = model.action_logits(hidden[where], batch["states"][where], batch["goal_fields"][where]).float()
+            errors["action"] = F.cross_entropy(logits, batch["action_targets"][where], reduction="none")
         if masks["state"].any():
             # an action slot always follows the state slot of the state it acts on
             before = torch.roll(batch["states"], 1, dims=1)[masks["state"]]
@@ -243,14 +273,20 @@ class GroundingObjective(nn.Module):
         if masks["text"].any():
             logits = model.text_logits(hidden[masks["text"]]).float()
             errors["text"] = F.cross_entropy(logits, batch["token_targets"][masks["text"]], reduction="none")
+        if masks.get("goal") is not None and masks["goal"].any():
+            errors["goal"] = goal_field_loss(model.goal_head(hidden[masks["goal"]]), batch["goal_fields"][masks["goal"]])
         # every trainable head takes part in every step (DDP needs all parameters used): a head
         # without a target in this batch adds zero times its output at one position
         zero = hidden.sum() * 0.0
-        heads = {"action": (model.action_head, model.action_head), "state": (model.state_head, model.state_head),
-                 "text": (model.text_logits, model._causal_lm().get_output_embeddings())}
-        for kind, (head, module) in heads.items():
+        first = (hidden[:, :1], batch["states"][:, :1], batch["goal_fields"][:, :1])
+        heads = {"action": (lambda: model.action_logits(*first), model.action_head),
+                 "state": (lambda: model.state_head(first[0]), model.state_head),
+                 "text": (lambda: model.text_logits(first[0]), model._causal_lm().get_output_embeddings())}
+        if model.goal_head is not None:
+            heads["goal"] = (lambda: model.goal_head(first[0]), model.goal_head)
+        for kind, (output, module) in heads.items():
             if kind not in errors and any(p.requires_grad for p in module.parameters()):
-                zero = zero + head(hidden[:, :1]).float().sum() * 0.0
+                zero = zero + output().float().sum() * 0.0
         loss, sums, counts = zero, [], []
         for _, task_name, kind in COMPONENTS:
             if kind not in errors:
@@ -534,7 +570,7 @@ def _train(config: GroundingTrainConfig, progress: bool, stack: contextlib.ExitS
         model = GroundedLM.load(checkpoint / "model")
         state = read_torch_file(checkpoint / STATE_FILE, "grounding checkpoint")
     else:
-        model = GroundedLM.from_config(config.model_config(), seed=config.seed)
+        model = _initial_model(config)
         state = None
     if main:
         event = {"event": "resume" if latest else "start", "step": start_step, "time": time.time(),
@@ -578,6 +614,12 @@ def _train(config: GroundingTrainConfig, progress: bool, stack: contextlib.ExitS
         if main:
             with (output / LOG_FILE).open("a") as handle:
                 handle.write(json.dumps(record, sort_keys=True) + "\n")
+
+    if state is None and config.action_fit_updates:
+        from kalm_gen.action_fit import fit_goal_action_head
+
+        log({"kind": "action_fit", **fit_goal_action_head(model, data.train_episodes, config.action_fit_updates,
+                                                          seed=config.seed)})
 
     from tqdm.auto import tqdm
 
@@ -649,6 +691,22 @@ def _train(config: GroundingTrainConfig, progress: bool, stack: contextlib.ExitS
     return summary
 
 
+def _initial_model(config: GroundingTrainConfig) -> GroundedLM:
+    """A fresh model, or ``config.init_model`` with the config's action head."""
+    if config.init_model is None:
+        return GroundedLM.from_config(config.model_config(), seed=config.seed)
+    from kalm_gen.published import resolve_model
+
+    model = GroundedLM.load(resolve_model(config.init_model))
+    wanted, found = asdict(config.model_config()), asdict(model.config)
+    for name in ("base_model", "finetune", "lora_rank", "lora_alpha", "head_hidden", "num_layers", "state_head"):
+        if wanted[name] != found[name]:
+            raise ValueError(f"init_model {config.init_model!r} has {name}={found[name]!r}, the config {wanted[name]!r}")
+    if model.config.action_head != config.action_head:
+        model.replace_action_head(config.action_head, seed=config.seed)
+    return model
+
+
 def _save_checkpoint(
     output: Path, step: int, model: GroundedLM, optimizer, scheduler, config: GroundingTrainConfig
 ) -> Path:
@@ -682,7 +740,8 @@ def summarize_log(records: list[dict[str, Any]], steps: int) -> dict[str, Any]:
     ``val_step`` (the last validation), with ``steps``."""
     train = [r for r in records if r.get("kind") == "train"]
     val = [r for r in records if r.get("kind") == "val"]
-    keys = ("rollout", "rollout_action", "rollout_state", "explain", "dynamics", "total")
+    keys = ("rollout", "rollout_action", "rollout_state", "explain", "dynamics", "total", "rollout_goal",
+            "explain_goal")
 
     def means(rows: list[dict[str, Any]]) -> dict[str, float]:
         out = {}

@@ -335,7 +335,7 @@ def test_publish_a_run_with_its_card(root: Path, tiny: Path, tmp_path: Path, cap
     assert resolve_model(folder) == folder and report["training"]["held_out_seeds"] == [4, 6]
     card = (folder / MODEL_CARD).read_text()
     assert "kalm ground --datasets kalm/clevr-robot/real-v0" in card and "--max-episodes 4" in card
-    assert checksum in card and "goal match" in card and "explanation on 2 held-out" in card
+    assert checksum in card and "goal match" in card and "explanation (text) on 2 held-out" in card
     assert set(report["quality"]["levels"]) == {"rephrase", "easy", "hard"}
     assert "one_step_floor" in report["quality"] and "action_agreement" in report["quality"]
     GroundedLM.load(folder)

@@ -490,7 +490,7 @@ def test_commands(written, capsys):
         "--model", folder, "--levels", "easy", "--episodes", "2", "--real-dataset", published_id("imagined", "easy"),
         "--real-episodes", "2", "--threads", "1", "--diagnose",
     ]))
-    assert code == 0 and "goal match" in text and "explanation on 2 held-out episodes" in text
+    assert code == 0 and "goal match" in text and "explanation (text) on 2 held-out episodes" in text
     acted = report["levels"]["easy"]["closed_loop"]
     assert f"easy closed loop (the model's actions on the simulator's states): success {acted['success_rate']:.1%}" in text
     assert set(ROLLOUT_KEYS) <= set(report["levels"]["easy"])

@@ -57,6 +57,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-layers", type=int, help="keep only the LM's first N decoder layers")
     parser.add_argument("--state-head", choices=("bounded", "delta"), default="bounded",
                         help="bounded: predicted balls stay in the box of initial states")
+    parser.add_argument("--action-head", choices=("hidden", "goal"), default="hidden",
+                        help="hidden: actions linear in the LM's hidden state; goal: goal first, the LM names "
+                        "ball A, ball B and direction, an MLP acts on them and the ball state")
+    parser.add_argument("--action-fit-updates", type=int, default=0, metavar="N",
+                        help="goal first: fit the action head alone on every training transition for N updates "
+                        "before grounding (seconds)")
+    parser.add_argument("--init-model", metavar="MODEL",
+                        help="start from this grounded model (published name or folder) instead of the base model")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; on an idle "
                         "2-core machine 2 threads train 1.4x faster than 1, on a busy one 1 can be faster)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -75,6 +83,7 @@ def config_from_args(args: argparse.Namespace):
         task_weights=dict(args.task_weights or DEFAULT_TASK_WEIGHTS), val_fraction=args.val_fraction,
         max_episodes=args.max_episodes, precision=args.precision,
         pack_length=args.pack_length or None, num_layers=args.num_layers, state_head=args.state_head,
+        action_head=args.action_head, init_model=args.init_model, action_fit_updates=args.action_fit_updates,
     )
 
 
@@ -97,6 +106,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
         return summary, "", 0
     train, val = summary["train_losses"], summary["val_losses"]
     rows = ["rollout", "rollout_action", "rollout_state", "explain", "dynamics"]
+    rows += [name for name in ("rollout_goal", "explain_goal") if name in train or name in val]  # goal first
     lines = [f"{'loss':<16}{'train':>10}{'val':>10}"]
     lines += [f"{name:<16}{_fmt(train.get(name)):>10}{_fmt(val.get(name)):>10}" for name in rows]
     resumed = summary.get("resumed_from")

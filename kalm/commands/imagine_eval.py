@@ -79,7 +79,8 @@ def quality_lines(report: dict[str, Any], real_source: str | None) -> list[str]:
                          f"{_fmt(acted['success_rate'], True)}, mean steps {acted['mean_length']:.2f}")
     if "explanation" in report:
         explanation = report["explanation"]
-        lines.append(f"explanation on {explanation['episodes']} held-out episodes of {real_source}: "
+        lines.append(f"explanation ({explanation.get('source', 'text')}) on {explanation['episodes']} held-out "
+                     f"episodes of {real_source}: "
                      f"accuracy {explanation['accuracy']:.1%}, parsed {explanation['parse_rate']:.1%}")
         lines += [f"  {'ok ' if ex['correct'] else 'bad'} {ex['instruction']!r} -> {ex['generated']!r}"
                   for ex in explanation["examples"]]

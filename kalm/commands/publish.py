@@ -69,15 +69,30 @@ def ground_command(config: dict[str, Any]) -> str:
         parts += ["--max-episodes", config["max_episodes"]]
     if config["num_layers"] is not None:
         parts += ["--num-layers", config["num_layers"]]
+    if config.get("action_head", "hidden") != "hidden":
+        parts += ["--action-head", config["action_head"]]
+    if config.get("action_fit_updates"):
+        parts += ["--action-fit-updates", config["action_fit_updates"]]
+    if config.get("init_model") is not None:
+        parts += ["--init-model", config["init_model"]]
     return " ".join(str(p) for p in parts)
 
 
 def _loss_table(summary: dict[str, Any]) -> list[str]:
     rows = ["| loss | first step | last 10 steps | validation |", "|---|---:|---:|---:|"]
-    for key in ("rollout_action", "rollout_state", "explain", "dynamics"):
+    for key in ("rollout_action", "rollout_state", "explain", "dynamics", "rollout_goal", "explain_goal"):
         values = [summary[part].get(key) for part in ("initial_train_losses", "train_losses", "val_losses")]
+        if all(v is None for v in values):  # the goal losses of a model without a goal head
+            continue
         rows.append(f"| {key} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in values) + " |")
     return rows
+
+
+def _action_head_words(config: dict[str, Any]) -> str:
+    if config.get("action_head", "hidden") == "goal":
+        return ("a goal head (it names ball A, ball B and direction) with a goal-first action head (an MLP over "
+                "the named goal and the ball state)")
+    return "an action head"
 
 
 def model_card(name: str, config: dict[str, Any], summary: dict[str, Any], checksum: str, seeds: list[int],
@@ -88,8 +103,8 @@ def model_card(name: str, config: dict[str, Any], summary: dict[str, Any], check
         f"# {name}",
         "",
         f"SmolLM2-135M-Instruct grounded in CLEVR-Robot by KALM-Gym: {layers} decoder layers, LoRA rank "
-        f"{config['lora_rank']} on the attention projections, a state encoder, an action embedding, an action "
-        f"head and a {config['state_head']} state head. It imagines rollouts for novel goals: "
+        f"{config['lora_rank']} on the attention projections, a state encoder, an action embedding, "
+        f"{_action_head_words(config)} and a {config['state_head']} state head. It imagines rollouts for novel goals: "
         f"`kalm imagine --model {name} --level hard`, or `kalm datasets build kalm/clevr-robot/imagined-hard-v1`.",
         "",
         "## Training",

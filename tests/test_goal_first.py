@@ -1,0 +1,159 @@
+"""Goal-first grounded models (``action_head="goal"``): goal fields, goal slots, training from a
+grounded model, imagination and explanations through the goal head.
+
+A tiny random Llama stands in for SmolLM2; the data is a 6-episode real-v0 built into a
+temporary Minari root.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kalm_envs.collector import build_dataset
+from kalm_envs.dataset_specs import get_spec
+from kalm_envs.goals import Goal
+from kalm_envs.language import parse_instruction
+from kalm_envs.minari_io import read_episodes
+from kalm_gen.goal_fields import GOAL_WIDTH, NO_GOAL, goal_field_loss, goal_fields_of, goal_one_hot, named_fields
+from kalm_gen.sequences import STATE_SLOT, collate, explain_prefix, explain_sequence, pack, rollout_sequence
+from kalm_gen.train import GroundingTrainConfig, train_grounding
+from tests.helpers import temporary_minari_root
+
+REAL = "kalm/clevr-robot/real-v0"
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory):
+    path = tmp_path_factory.mktemp("minari")
+    with temporary_minari_root(path):
+        build_dataset(get_spec(REAL), episodes=6, shard_size=100, progress=False, ref_episodes=2)
+        yield path
+
+
+@pytest.fixture(scope="module")
+def runs(root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A grounded tiny model (``hidden/final``), then a goal-first one started from it (``goal``)."""
+    from kalm_gen.tiny import make_tiny_lm
+
+    folder = tmp_path_factory.mktemp("runs")
+    tiny = make_tiny_lm(folder / "lm")
+    with temporary_minari_root(root):
+        train_grounding(_config(tiny, folder / "hidden", steps=10), progress=False)
+        train_grounding(_config(tiny, folder / "goal", steps=60, action_head="goal", action_fit_updates=300,
+                                init_model=str(folder / "hidden" / "final")), progress=False)
+    return folder
+
+
+def _config(tiny: Path, output: Path, **changes) -> GroundingTrainConfig:
+    values = dict(datasets=[REAL], output=str(output), base_model=str(tiny), finetune="full", head_hidden=32,
+                  lr=3e-3, warmup_steps=5, batch_size=6, steps=20, eval_every=100, checkpoint_every=100,
+                  val_fraction=0.0, seed=0)
+    return GroundingTrainConfig(**{**values, **changes})
+
+
+def _episodes(root: Path):
+    with temporary_minari_root(root):
+        return read_episodes(REAL)
+
+
+def test_goal_fields_one_hot_and_loss() -> None:
+    assert goal_fields_of(Goal.relation(3, 1, 2).to_array()).tolist() == [3, 1, 2]
+    assert goal_fields_of(Goal.move(4, 0).to_array()).tolist() == [4, -1, 0]
+    assert goal_fields_of(Goal.relations([(0, 1, 0), (2, 3, 1)]).to_array()).tolist() == NO_GOAL.tolist()
+    code = goal_one_hot(torch.tensor([[3, 1, 2], [4, -1, 0]]))
+    assert code.shape == (2, GOAL_WIDTH) and code.sum(1).tolist() == [3.0, 2.0]
+    assert code[0].nonzero().flatten().tolist() == [3, 5 + 1, 10 + 2]
+    logits = torch.randn(2, GOAL_WIDTH)
+    assert named_fields(torch.where(code > 0, 9.0, 0.0))[0].tolist() == [3, 1, 2]
+    move_loss = goal_field_loss(logits, torch.tensor([[4, -1, 0], [4, 2, 0]]))
+    parts = torch.split(logits, (5, 5, 4), dim=-1)
+    without_b = -(parts[0].log_softmax(-1)[0, 4] + parts[2].log_softmax(-1)[0, 0])
+    assert move_loss[0] == pytest.approx(float(without_b), rel=1e-5)  # ball B of a move goal adds nothing
+    assert move_loss[1] > move_loss[0]
+
+
+def test_sequences_mark_one_goal_slot(root: Path) -> None:
+    episode = _episodes(root)[0]
+    fields = goal_fields_of(episode.goal)
+
+    def tokenize(text):
+        return [ord(c) for c in text]
+
+    rollout = rollout_sequence(tokenize, episode.instruction, episode.observations, episode.actions, fields)
+    assert rollout.goal_slot.sum() == 1 and rollout.kinds[rollout.goal_slot][0] == STATE_SLOT
+    assert not (rollout.kinds[:np.flatnonzero(rollout.goal_slot)[0]] == STATE_SLOT).any()  # the first state slot
+    assert (rollout.goal_fields == fields).all()
+    prefix = explain_prefix(tokenize, episode.observations, episode.actions, fields).build()
+    assert prefix.goal_slot.tolist() == [False] * (len(prefix) - 1) + [True]
+    whole = explain_sequence(tokenize, 0, episode.instruction, episode.observations, episode.actions, fields)
+    assert np.flatnonzero(whole.goal_slot).tolist() == [len(prefix) - 1]
+    packed, padded = pack([rollout, whole, rollout], 4096), collate([rollout, whole])
+    assert packed["goal_slot"].sum() == 3 and padded["goal_slot"].sum() == 2
+    assert (packed["goal_fields"][packed["goal_slot"]] == fields).all()
+    assert (packed["goal_fields"][packed["attention_mask"] == 0] == -1).all()
+
+
+def test_goal_first_run_starts_from_a_grounded_model_and_learns_to_name_goals(root: Path, runs: Path) -> None:
+    from kalm_gen.grounded_lm import GroundedLM
+    from kalm_gen.train import _initial_model, read_log
+
+    summary = train_grounding(_config(runs / "lm", runs / "goal", steps=60, action_head="goal", action_fit_updates=300,
+                                      init_model=str(runs / "hidden" / "final")), progress=False)
+    assert summary.get("already_complete")
+    start, end = summary["initial_train_losses"], summary["train_losses"]
+    for name in ("rollout_goal", "explain_goal"):
+        assert end[name] < 0.5 * start[name], (name, start[name], end[name])
+    fit = next(record for record in read_log(runs / "goal") if record.get("kind") == "action_fit")
+    assert fit["updates"] == 300 and fit["final_loss"] < 0.7 * fit["initial_loss"]
+    assert start["rollout_action"] < 0.8 * fit["initial_loss"]  # the fitted head starts grounding ahead
+    hidden_log = read_log(runs / "hidden")
+    assert not any("rollout_goal" in record for record in hidden_log)
+    grounded = GroundedLM.load(runs / "hidden" / "final")
+    started = _initial_model(_config(runs / "lm", runs / "x", action_head="goal", init_model=str(runs / "hidden" / "final")))
+    for name in ("state_encoder", "state_head", "action_embedding"):
+        for a, b in zip(getattr(grounded, name).parameters(), getattr(started, name).parameters(), strict=True):
+            assert torch.equal(a, b), name
+    assert started.goal_head is not None and started.config.action_head == "goal"
+    trained = GroundedLM.load(runs / "goal" / "final")
+    assert trained.config.action_head == "goal" and "goal_head" in trained.head_names
+    with pytest.raises(ValueError, match="head_hidden=32"):
+        _initial_model(_config(runs / "lm", runs / "x", head_hidden=64, init_model=str(runs / "hidden" / "final")))
+    with pytest.raises(ValueError, match="action_fit_updates 5 needs action_head 'goal'"):
+        _config(runs / "lm", runs / "x", action_fit_updates=5).validate()
+    with pytest.raises(FileNotFoundError, match="no-such-model"):
+        _config(runs / "lm", runs / "x", init_model="no-such-model").validate()
+
+
+def test_goal_first_model_acts_and_explains_through_the_goal_it_names(root: Path, runs: Path, tmp_path: Path) -> None:
+    """Force the goal head to name one goal: every imagined first action is the action MLP's
+    choice for that goal and the initial state, every explanation is its train wording, and a
+    saved and loaded model does the same."""
+    from kalm_gen.goal_probe import train_wording
+    from kalm_gen.grounded_lm import GroundedLM
+    from kalm_gen.imagine import imagine_rollouts, level_tasks
+    from kalm_gen.quality import goal_head_explanations
+
+    model = GroundedLM.load(runs / "goal" / "final")
+    forced = torch.tensor([2, 0, 3])
+    with torch.no_grad():
+        model.goal_head.weight.zero_()
+        model.goal_head.bias.copy_(goal_one_hot(forced) * 10)
+    model.save(tmp_path / "forced")
+    episodes = _episodes(root)
+    for current in (model, GroundedLM.load(tmp_path / "forced")):
+        tasks = level_tasks("rephrase", 4, seed=5)
+        rollouts = imagine_rollouts(current, tasks.goals, tasks.instructions, tasks.initial_states, "rephrase",
+                                    max_steps=2, stop_early=False)
+        with torch.no_grad():
+            logits = current.action_head(torch.cat([goal_one_hot(forced).expand(4, -1),
+                                                    torch.as_tensor(tasks.initial_states) / 0.1], dim=-1))
+        assert [r.actions[0] for r in rollouts] == logits.argmax(-1).tolist()
+        texts = goal_head_explanations(current, episodes[:3])
+        assert texts == [train_wording(Goal.relation(2, 0, 3))] * 3
+        assert parse_instruction(texts[0]) == Goal.relation(2, 0, 3)
