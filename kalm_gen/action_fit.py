@@ -36,7 +36,7 @@ def goal_transitions(episodes: Sequence[Any]) -> dict[str, torch.Tensor]:
 def fit_goal_action_head(model: Any, episodes: Sequence[Any], updates: int, seed: int = 0) -> dict[str, Any]:
     """Train ``model.action_head`` (goal first) for ``updates`` Adam updates of
     :data:`FIT_BATCH` transitions drawn at random from ``episodes`` to predict the recorded
-    action (cross-entropy, nats); returns ``updates``, ``transitions``, ``initial_loss``,
+    action (cross-entropy, nats); the head's ``requires_grad`` flags are left as they were. Returns ``updates``, ``transitions``, ``initial_loss``,
     ``final_loss`` and ``seconds``."""
     if model.goal_head is None:
         raise ValueError(f"this model's action head is {model.config.action_head!r}: only a goal-first head fits alone")
@@ -44,7 +44,10 @@ def fit_goal_action_head(model: Any, episodes: Sequence[Any], updates: int, seed
     data = goal_transitions(episodes)
     count = len(data["actions"])
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.action_head.parameters(), lr=FIT_LR)
+    head = model.action_head
+    frozen = [not p.requires_grad for p in head.parameters()]
+    head.requires_grad_(True)  # a head frozen for grounding still fits here
+    optimizer = torch.optim.Adam(head.parameters(), lr=FIT_LR)
     losses = []
     for _ in range(updates):
         rows = torch.randint(count, (min(FIT_BATCH, count),), generator=generator)
@@ -53,6 +56,8 @@ def fit_goal_action_head(model: Any, episodes: Sequence[Any], updates: int, seed
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
+    for parameter, was_frozen in zip(head.parameters(), frozen, strict=True):
+        parameter.requires_grad_(not was_frozen)
     return {"updates": updates, "transitions": count, "initial_loss": losses[0] if losses else None,
             "final_loss": float(np.mean(losses[-LAST_WINDOW:])) if losses else None,
             "seconds": round(time.perf_counter() - started, 2)}

@@ -131,7 +131,8 @@ class GroundingTrainConfig:
             be the config's. None: a fresh model.
         action_fit_updates: goal first: before the first step, fit the action head alone on every
             training transition for this many updates (:func:`kalm_gen.action_fit.fit_goal_action_head`;
-            logged as ``action_fit``). 0: none.
+            logged as ``action_fit``). 0: none. Grounding itself leaves a goal-first action head
+            as it is (its inputs do not depend on the LM): this fit is its training.
         precision: ``"bf16"`` (bfloat16 autocast, on a CPU as well), ``"fp32"``, or ``"auto"``:
             bf16 on a GPU that supports it, else fp32 (``benchmarks/ground_speed.py``: on an AVX2
             CPU bf16 autocast is about 12x slower than fp32).
@@ -582,6 +583,10 @@ def _train(config: GroundingTrainConfig, progress: bool, stack: contextlib.ExitS
         episodes, model.tokenize, model.eos_id, config.task_weights, config.val_fraction, config.seed
     )
 
+    if model.goal_head is not None:
+        # goal first, the action head reads the true goal and the state, never the LM: grounding
+        # batches would only add noise to what the action fit learnt from every transition
+        model.action_head.requires_grad_(False)
     parameters = [p for p in model.parameters() if p.requires_grad]
     trainable = sum(p.numel() for p in parameters)
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)

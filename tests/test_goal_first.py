@@ -100,7 +100,9 @@ def test_sequences_mark_one_goal_slot(root: Path) -> None:
 
 
 def test_goal_first_run_starts_from_a_grounded_model_and_learns_to_name_goals(root: Path, runs: Path) -> None:
+    from kalm_gen.action_fit import fit_goal_action_head
     from kalm_gen.grounded_lm import GroundedLM
+    from kalm_gen.grounding_data import load_grounding_episodes
     from kalm_gen.train import _initial_model, read_log
 
     summary = train_grounding(_config(runs / "lm", runs / "goal", steps=60, action_head="goal", action_fit_updates=300,
@@ -112,6 +114,15 @@ def test_goal_first_run_starts_from_a_grounded_model_and_learns_to_name_goals(ro
     fit = next(record for record in read_log(runs / "goal") if record.get("kind") == "action_fit")
     assert fit["updates"] == 300 and fit["final_loss"] < 0.7 * fit["initial_loss"]
     assert start["rollout_action"] < 0.8 * fit["initial_loss"]  # the fitted head starts grounding ahead
+    # grounding leaves the fitted head as it is: the final one is what the fit alone gives
+    alone = GroundedLM.load(runs / "hidden" / "final")
+    alone.replace_action_head("goal", seed=0)
+    with temporary_minari_root(root):
+        episodes = load_grounding_episodes([REAL])
+    fit_goal_action_head(alone, episodes, 300, seed=0)
+    for a, b in zip(alone.action_head.parameters(), GroundedLM.load(runs / "goal" / "final").action_head.parameters(),
+                    strict=True):
+        assert torch.equal(a, b)
     hidden_log = read_log(runs / "hidden")
     assert not any("rollout_goal" in record for record in hidden_log)
     grounded = GroundedLM.load(runs / "hidden" / "final")
