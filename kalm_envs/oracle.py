@@ -124,12 +124,13 @@ class ScriptedOracle:
         return outcomes
 
 
-def _oracle_chunk(level: str, seeds: list[int], epsilon: float) -> list[Episode]:
+def _oracle_chunk(level: str, seeds: list[int], epsilon: float, pursued: list[np.ndarray | None]) -> list[Episode]:
     env = gym.make(ENV_IDS[level])
     episodes = []
-    for seed in seeds:
+    for seed, goal in zip(seeds, pursued, strict=True):
         oracle = ScriptedOracle(epsilon=epsilon, seed=seed)
-        episodes.append(run_episode(env, oracle.act, seed, on_reset=oracle.reset))
+        act = oracle.act if goal is None else (lambda o, info, goal=goal, oracle=oracle: oracle.act(o, {**info, "goal": goal}))
+        episodes.append(run_episode(env, act, seed, on_reset=oracle.reset))
     env.close()
     return episodes
 
@@ -141,28 +142,34 @@ def oracle_episodes(
     workers: int = 1,
     chunk_size: int = 25,
     progress: bool = False,
+    pursued_goals: Sequence[np.ndarray] | None = None,
 ) -> list[Episode]:
     """Run the oracle for one episode per seed on ``level``; episodes come back in seed order.
 
     Episode ``i`` resets the env with ``seeds[i]`` and seeds the oracle with it too, so results do
     not depend on ``workers`` (worker processes, 1 = run here; they die with this process,
-    :func:`kalm_envs.workers.process_pool`).
+    :func:`kalm_envs.workers.process_pool`). ``pursued_goals`` (``(10,)`` goal arrays, one per
+    seed) make the oracle push towards another goal than the env's; the episode still records the
+    env's goal, instruction, rewards and success.
     """
     if level not in ENV_IDS:
         raise ValueError(f"level {level!r} is not one of {tuple(ENV_IDS)}")
     check_int(workers, "workers", low=1)
     check_count(len(seeds), "episodes", low=0)
     seeds = [check_seed(seed) for seed in seeds]
-    chunks = [list(seeds[i : i + chunk_size]) for i in range(0, len(seeds), chunk_size)]
+    if pursued_goals is not None and len(pursued_goals) != len(seeds):
+        raise ValueError(f"{len(pursued_goals)} pursued goals for {len(seeds)} seeds")
+    pursued = [None] * len(seeds) if pursued_goals is None else [Goal.from_array(g).to_array() for g in pursued_goals]
+    chunks = [(list(seeds[i : i + chunk_size]), pursued[i : i + chunk_size]) for i in range(0, len(seeds), chunk_size)]
     results: list[list[Episode]] = []
     with tqdm(total=len(seeds), desc=f"oracle {level}", unit="ep", disable=not progress) as bar:
         if workers == 1:
-            for chunk in chunks:
-                results.append(_oracle_chunk(level, chunk, epsilon))
+            for chunk, goals in chunks:
+                results.append(_oracle_chunk(level, chunk, epsilon, goals))
                 bar.update(len(chunk))
         else:
             with process_pool(workers) as pool:
-                futures = [pool.submit(_oracle_chunk, level, chunk, epsilon) for chunk in chunks]
+                futures = [pool.submit(_oracle_chunk, level, chunk, epsilon, goals) for chunk, goals in chunks]
                 for future in futures:
                     results.append(future.result())
                     bar.update(len(results[-1]))

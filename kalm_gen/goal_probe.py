@@ -43,11 +43,13 @@ from kalm_envs.goals import TRAIN_GOALS, Goal
 from kalm_envs.language import instruction_variants
 from kalm_envs.separation import level_instructions
 from kalm_envs.validation import check_float, check_int, check_seed
-from kalm_gen.goal_fields import GOAL_FIELD_SIZES, GOAL_WIDTH, goal_field_loss, named_fields
+from kalm_gen.goal_fields import GOAL_FIELD_SIZES, GOAL_WIDTH, goal_field_loss, goal_fields_of, named_fields
 from kalm_gen.sequences import rollout_prompt
 
 #: The levels the probe reads: the reader learns on the first, the second measures transfer.
 PROBE_LEVELS = ("train", "rephrase")
+#: The novel level whose wordings readers translate and act on.
+POLICY_LEVEL = "rephrase"
 FIELDS = ("ball_a", "ball_b", "direction")
 MAX_STEPS = 100_000
 MAX_BATCH = 4096
@@ -236,6 +238,32 @@ def probe_language_model(
     finally:
         model.eval()
     return _measure(reader, config, started), reader
+
+
+def read_oracle_episodes(reader: GoalReader, episodes: int, workers: int = 1) -> tuple[list[Any], dict[str, Any]]:
+    """What a generator that reads rephrase wordings as ``reader`` does, and acts and imagines
+    perfectly, would hand a learner: the rephrase oracle dataset's first ``episodes`` tasks (its
+    seeds and random-push probability), each run by the scripted oracle towards the goal the
+    reader names in the simulator. A task whose named goal relates a ball to itself (no goal) gets
+    no episode. Episodes record the task's true goal, wording, rewards and success, so
+    ``kalm train --imagined-episodes successful`` keeps those that reach it.
+
+    Returns the episodes and ``{"tasks", "episodes", "named_right", "success_rate"}`` (shares
+    0..1: of the tasks, the goal named right; of the episodes, the true goal reached)."""
+    from kalm_envs.dataset_specs import get_spec, published_id
+    from kalm_envs.oracle import oracle_episodes
+    from kalm_gen.imagine import level_tasks
+
+    spec = get_spec(published_id("oracle", POLICY_LEVEL))
+    tasks = level_tasks(POLICY_LEVEL, episodes, spec.seed)
+    named = reader.name_goals(tasks.instructions)
+    truth = np.array([goal_fields_of(goal) for goal in tasks.goals])
+    keep = np.flatnonzero(named[:, 0] != named[:, 1])
+    pursued = [Goal.relation(*(int(v) for v in named[i])).to_array() for i in keep]
+    run = oracle_episodes(POLICY_LEVEL, [int(tasks.seeds[i]) for i in keep], spec.epsilon, workers,
+                          pursued_goals=pursued)
+    return run, {"tasks": episodes, "episodes": len(run), "named_right": float((named == truth).all(1).mean()),
+                 "success_rate": float(np.mean([e.success for e in run])) if run else 0.0}
 
 
 def markdown_table(results: Sequence[GoalProbeResult]) -> str:

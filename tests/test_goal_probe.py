@@ -149,3 +149,50 @@ def test_command_prints_a_row_per_reader_and_refuses_bad_values(tiny: Path, tmp_
                          (("--episodes", "0"), "--episodes")):
         with pytest.raises(CliFailure, match=needle):
             cli("goal-probe", "--base-model", str(tiny), "--steps", "1", *argv)
+
+
+class NamedReader:
+    """A goal reader that names what ``name_of(text)`` says (a perfect or a wrong reader)."""
+
+    def __init__(self, name, name_of):
+        self.name, self.name_of = name, name_of
+
+    def name_goals(self, texts):
+        return np.array([self.name_of(text) for text in texts], dtype=np.int64).reshape(-1, 3)
+
+
+def test_read_oracle_acts_on_the_goal_the_reader_names() -> None:
+    from kalm_envs.dataset_specs import get_spec, published_id
+    from kalm_envs.oracle import oracle_episodes
+    from kalm_gen.goal_probe import read_oracle_episodes
+
+    spec = get_spec(published_id("oracle", "rephrase"))
+    perfect = NamedReader("perfect", lambda text: parse_instruction(text).clauses[0])
+    run, stats = read_oracle_episodes(perfect, 12)
+    # a perfect reader's oracle is the rephrase oracle dataset's, episode for episode
+    reference = oracle_episodes("rephrase", range(spec.seed, spec.seed + 12), spec.epsilon)
+    assert stats["named_right"] == 1.0 and stats["episodes"] == 12
+    assert all(np.array_equal(a.actions, b.actions) and a.instruction == b.instruction for a, b in zip(run, reference))
+    # a reader naming the first ball's relation to itself gives nothing; one naming another goal
+    # makes the oracle push elsewhere while the episode keeps the true goal and its success
+    assert read_oracle_episodes(NamedReader("none", lambda text: (1, 1, 0)), 4)[1]["episodes"] == 0
+    wrong, wrong_stats = read_oracle_episodes(
+        NamedReader("wrong", lambda text: (lambda a, b, d: (a, b, (d + 2) % 4))(*parse_instruction(text).clauses[0])), 12)
+    assert wrong_stats["named_right"] == 0.0
+    assert [e.goal.tolist() for e in wrong] == [e.goal.tolist() for e in reference]
+    assert wrong_stats["success_rate"] < stats["success_rate"]
+
+
+def test_command_writes_a_read_oracle_dataset_per_reader(tmp_path: Path, monkeypatch) -> None:
+    from kalm_envs.minari_io import read_episodes
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    out = cli("goal-probe", "--num-layers", "--encoder", "hashed", "--steps", "2", "--eval-texts", "5",
+              "--oracle-data", "3", "--json")
+    report = json.loads(out.strip().splitlines()[-1])
+    stats = report["oracle_data"]["kalm/bounds/read-oracle-rephrase-encoder-hashed-v0"]
+    episodes = read_episodes("kalm/bounds/read-oracle-rephrase-encoder-hashed-v0")
+    assert len(episodes) == stats["episodes"] <= 3 and stats["tasks"] == 3
+    assert stats["success_rate"] == pytest.approx(np.mean([e.success for e in episodes])) if episodes else True
+    with pytest.raises(CliFailure, match="--oracle-data"):
+        cli("goal-probe", "--num-layers", "--encoder", "hashed", "--oracle-data", "0")

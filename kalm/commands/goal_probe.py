@@ -10,6 +10,7 @@ a perfect reader's (the true goal's train wording).
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,12 @@ from kalm_envs.text_encoders import DEFAULT_ENCODER, ENCODER_NAMES, make_encoder
 from kalm_envs.validation import check_count, check_int
 from kalm_gen.base_model import DEFAULT_BASE_MODEL
 from kalm_gen.goal_probe import (
-    GoalProbeConfig, GoalReader, markdown_table, probe_encoder, probe_language_model, train_wording,
+    POLICY_LEVEL, GoalProbeConfig, GoalReader, markdown_table, probe_encoder, probe_language_model,
+    read_oracle_episodes, train_wording,
 )
 from kalm_gen.published import resolve_model
 
 BASE_READERS = ("lora", "frozen")
-#: The level a ``--policy`` runs with translated instructions.
-POLICY_LEVEL = "rephrase"
 HELP = ("how well a language model (trained with LoRA on the train wordings, or a grounded model's "
         "frozen states) and instruction encoders name the goal of unseen rephrase wordings")
 
@@ -59,6 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "translations (repeatable)")
     parser.add_argument("--episodes", type=int, default=200,
                         help="rephrase evaluation episodes of --policy (the benchmark's, evaluation seed 0)")
+    parser.add_argument("--oracle-data", type=int, metavar="N",
+                        help="write, per reader, kalm/bounds/read-oracle-rephrase-<reader>-v0: the rephrase "
+                             "oracle dataset's first N tasks run by the oracle towards the goal the reader names")
+    parser.add_argument("--workers", type=int, default=1, help="processes for the oracle's episodes")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     add_json_flag(parser)
 
@@ -102,6 +106,9 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
     depths = [check_int(n, "--num-layers", 0) for n in args.num_layers]
     check_int(args.lora_rank, "--lora-rank", 1)
     check_count(args.episodes, "--episodes")
+    if args.oracle_data is not None:
+        check_count(args.oracle_data, "--oracle-data")
+    check_int(args.workers, "--workers", 1)
     for directory in args.policy:
         if not directory.is_dir():
             raise FileNotFoundError(f"--policy folder {str(directory)!r} does not exist")
@@ -128,12 +135,50 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
     results = [result for result, _ in probes]
     report: dict[str, Any] = {"config": config.__dict__, "rows": [r.to_dict() for r in results]}
     text = markdown_table(results)
+    if args.oracle_data:
+        report["oracle_data"] = {dataset_id: stats for dataset_id, stats in
+                                 (write_read_oracle(reader, args.oracle_data, args.workers) for _, reader in probes)}
+        text += "\n\n" + "\n".join(
+            f"{dataset_id}: {s['episodes']} episodes of {s['tasks']} tasks, goal named right {s['named_right']:.1%}, "
+            f"true goal reached {s['success_rate']:.1%}" for dataset_id, s in report["oracle_data"].items())
     if args.policy:
         readers = [reader for _, reader in probes]
         success = {str(directory): policy_success(directory, readers, args.episodes) for directory in args.policy}
         report["policies"] = {"level": POLICY_LEVEL, "episodes": args.episodes, "success": success}
         text += "\n\n" + policy_table(success, args.episodes)
     return report, text, 0
+
+
+def read_oracle_id(reader: GoalReader) -> str:
+    """``kalm/bounds/read-oracle-rephrase-<reader>-v0``, the reader's name as lowercase words."""
+    slug = re.sub(r"[^a-z0-9]+", "-", reader.name.lower()).strip("-")
+    return f"kalm/bounds/read-oracle-{POLICY_LEVEL}-{slug}-v0"
+
+
+def write_read_oracle(reader: GoalReader, episodes: int, workers: int) -> tuple[str, dict[str, Any]]:
+    """Write :func:`~kalm_gen.goal_probe.read_oracle_episodes` of ``reader`` as a Minari dataset
+    (with its figures and reference scores over 100 random and oracle episodes); its id and figures."""
+    import tempfile
+
+    from kalm_envs.collector import REF_SEED_OFFSET, reference_scores
+    from kalm_envs.dataset_specs import get_spec, package_version, published_id
+    from kalm_envs.minari_io import write_dataset
+    from kalm_envs.registration import ENV_IDS
+
+    dataset_id = read_oracle_id(reader)
+    run, stats = read_oracle_episodes(reader, episodes, workers)
+    with tempfile.TemporaryDirectory() as work:
+        # the reference episodes of the rephrase oracle dataset, whose tasks these are
+        scores = reference_scores(POLICY_LEVEL, get_spec(published_id("oracle", POLICY_LEVEL)).seed + REF_SEED_OFFSET,
+                                  workers, Path(work))
+    provenance = {"source": "read-oracle", "level": POLICY_LEVEL, "reader": reader.name, **stats,
+                  "kalm_gym_version": package_version(),
+                  "behaviour": "kalm_gen.goal_probe.read_oracle_episodes: the scripted oracle pushes towards the "
+                               "goal the reader names; rewards and success are the true goal's"}
+    write_dataset(dataset_id, run, ENV_IDS[POLICY_LEVEL],
+                  f"The scripted oracle acting on the goal that {reader.name} reads in CLEVR-Robot rephrase wordings.",
+                  provenance, scores, algorithm_name="ReadOracle")
+    return dataset_id, stats
 
 
 def policy_table(success: Mapping[str, Mapping[str, float]], episodes: int) -> str:
