@@ -69,7 +69,7 @@ def test_goal_fields_one_hot_and_loss() -> None:
     code = goal_one_hot(torch.tensor([[3, 1, 2], [4, -1, 0]]))
     assert code.shape == (2, GOAL_WIDTH) and code.sum(1).tolist() == [3.0, 2.0]
     assert code[0].nonzero().flatten().tolist() == [3, 5 + 1, 10 + 2]
-    logits = torch.randn(2, GOAL_WIDTH)
+    logits = torch.randn(1, GOAL_WIDTH).expand(2, -1)  # the same logits in both rows
     assert named_fields(torch.where(code > 0, 9.0, 0.0))[0].tolist() == [3, 1, 2]
     move_loss = goal_field_loss(logits, torch.tensor([[4, -1, 0], [4, 2, 0]]))
     parts = torch.split(logits, (5, 5, 4), dim=-1)
@@ -112,8 +112,9 @@ def test_goal_first_run_starts_from_a_grounded_model_and_learns_to_name_goals(ro
     for name in ("rollout_goal", "explain_goal"):
         assert end[name] < 0.5 * start[name], (name, start[name], end[name])
     fit = next(record for record in read_log(runs / "goal") if record.get("kind") == "action_fit")
-    assert fit["updates"] == 300 and fit["final_loss"] < 0.7 * fit["initial_loss"]
-    assert start["rollout_action"] < 0.8 * fit["initial_loss"]  # the fitted head starts grounding ahead
+    losses = dict(fit["held_out_losses"])
+    assert fit["updates"] == 300 and list(losses) == [0, 250, 300]
+    assert losses[fit["kept_update"]] == min(losses.values())
     # grounding leaves the fitted head as it is: the final one is what the fit alone gives
     alone = GroundedLM.load(runs / "hidden" / "final")
     alone.replace_action_head("goal", seed=0)
@@ -139,6 +140,29 @@ def test_goal_first_run_starts_from_a_grounded_model_and_learns_to_name_goals(ro
         _config(runs / "lm", runs / "x", action_fit_updates=5).validate()
     with pytest.raises(FileNotFoundError, match="no-such-model"):
         _config(runs / "lm", runs / "x", init_model="no-such-model").validate()
+
+
+def test_action_fit_learns_and_keeps_the_best_held_out_head(root: Path, runs: Path) -> None:
+    """Episodes repeated ten times: the held-out ones are copies of trained ones, so the held-out
+    loss falls, and the head kept is the one of the lowest held-out loss."""
+    from kalm_gen.action_fit import fit_goal_action_head, goal_transitions
+    from kalm_gen.grounded_lm import GroundedLM
+    from kalm_gen.grounding_data import load_grounding_episodes
+
+    with temporary_minari_root(root):
+        episodes = load_grounding_episodes([REAL]) * 10
+    model = GroundedLM.load(runs / "hidden" / "final")
+    model.replace_action_head("goal", seed=0)
+    fit = fit_goal_action_head(model, episodes, 600, seed=0)
+    losses = dict(fit["held_out_losses"])
+    assert list(losses) == [0, 250, 500, 600] and fit["transitions"] < len(goal_transitions(episodes)["actions"])
+    assert losses[fit["kept_update"]] == min(losses.values()) < 0.5 * losses[0]
+    every = goal_transitions(episodes)
+    with torch.no_grad():
+        now = torch.nn.functional.cross_entropy(model.goal_action_logits(every["states"], every["goals"]), every["actions"])
+    assert float(now) < 0.5 * losses[0]  # the head kept is a trained one
+    with pytest.raises(ValueError, match="at least 2 episodes"):
+        fit_goal_action_head(model, episodes[:1], 10)
 
 
 def test_goal_first_model_acts_and_explains_through_the_goal_it_names(root: Path, runs: Path, tmp_path: Path) -> None:
