@@ -48,6 +48,7 @@ from kalm_gen.imagine import (
     imagine_tasks,
     level_tasks,
 )
+from kalm_gen.goal_fields import goal_fields_of
 from kalm_gen.sequences import TEXT, explain_prefix
 
 QUALITY_SEED = 3_000_000  # tasks far from the datasets' seeds (0.., 1000000.., refs 11000000..)
@@ -65,6 +66,29 @@ def replay_rollouts(level: str, tasks: ImaginationTasks, rollouts: Sequence[Epis
     return replay_actions(level, tasks.goals, tasks.instructions, tasks.initial_states, rollouts)
 
 
+def goal_naming(model: Any, tasks: ImaginationTasks, batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, Any]:
+    """Goal first: how often the goal head names the task's goal from its wording and initial
+    state (what a rollout acts on). ``tasks``: those whose goal has fields (one relation or a
+    move; compound goals have none); ``right``: the share of them named right in every field."""
+    from kalm_gen.grounded_lm import evaluating, to_tensors
+    from kalm_gen.sequences import collate, rollout_sequence
+
+    truth = np.array([goal_fields_of(goal) for goal in tasks.goals]).reshape(-1, 3)
+    named = []
+    no_actions = np.zeros(0, dtype=np.int64)
+    with evaluating(model):
+        for start in range(0, len(tasks), batch_size):
+            prompts = [rollout_sequence(model.tokenize, text, state[None], no_actions)
+                       for text, state in zip(tasks.instructions[start:start + batch_size],
+                                              tasks.initial_states[start:start + batch_size], strict=True)]
+            batch = to_tensors(collate(prompts), next(model.parameters()).device)
+            named.append(model.name_goal(model.hidden_states(batch)[batch["goal_slot"].bool()]).cpu().numpy())
+    named_fields = np.concatenate(named).reshape(-1, 3)
+    has_fields = truth[:, 0] >= 0
+    right = (named_fields == truth).all(1)[has_fields]
+    return {"tasks": int(has_fields.sum()), "right": float(right.mean()) if right.size else None}
+
+
 def rollout_quality(
     model: Any, level: str, episodes: int = 50, seed: int = QUALITY_SEED,
     batch_size: int = DEFAULT_BATCH_SIZE, max_steps: int | None = None, diagnose: bool = False,
@@ -80,7 +104,8 @@ def rollout_quality(
     those the simulator confirms (the precision of the model's claim, which is what a filter on
     imagined success trusts), and ``closed_loop``: the success rate and mean length of the model's
     actions run as a policy in the simulator (:func:`~kalm_gen.imagine.act_in_simulator`),
-    which is what its rollouts would reach with a perfect state head."""
+    which is what its rollouts would reach with a perfect state head. A goal-first model's row
+    also holds ``goal_naming`` (:func:`goal_naming`)."""
     tasks = level_tasks(level, episodes, seed)
     temperature = imagined_temperature(level) if temperature is None else temperature
     acting = {"max_steps": max_steps, "batch_size": batch_size, "temperature": temperature, "seed": sample_seed}
@@ -99,6 +124,8 @@ def rollout_quality(
         "mean_length": float(np.mean([e.length for e in rollouts])),
         "wall_crossing_rate": float(np.mean([beyond_walls(e) for e in rollouts])),
     }
+    if model.goal_head is not None:
+        row["goal_naming"] = goal_naming(model, tasks, batch_size)
     if diagnose:
         row["error_by_horizon"] = error_by_horizon(replay["replayed"], rollouts)
         row["one_step"] = one_step_errors(level, rollouts)

@@ -172,23 +172,25 @@ def test_goal_first_model_acts_and_explains_through_the_goal_it_names(root: Path
     from kalm_gen.goal_probe import train_wording
     from kalm_gen.grounded_lm import GroundedLM
     from kalm_gen.imagine import imagine_rollouts, level_tasks
-    from kalm_gen.quality import goal_head_explanations
+    from kalm_gen.quality import goal_head_explanations, goal_naming
 
     model = GroundedLM.load(runs / "goal" / "final")
-    forced = torch.tensor([2, 0, 3])
+    tasks = level_tasks("rephrase", 4, seed=5)
+    forced = torch.as_tensor(goal_fields_of(tasks.goals[0]))  # right on task 0 at least
     with torch.no_grad():
         model.goal_head.weight.zero_()
         model.goal_head.bias.copy_(goal_one_hot(forced) * 10)
     model.save(tmp_path / "forced")
     episodes = _episodes(root)
     for current in (model, GroundedLM.load(tmp_path / "forced")):
-        tasks = level_tasks("rephrase", 4, seed=5)
         rollouts = imagine_rollouts(current, tasks.goals, tasks.instructions, tasks.initial_states, "rephrase",
                                     max_steps=2, stop_early=False)
         with torch.no_grad():
             logits = current.action_head(torch.cat([goal_one_hot(forced).expand(4, -1),
                                                     torch.as_tensor(tasks.initial_states) / 0.1], dim=-1))
         assert [r.actions[0] for r in rollouts] == logits.argmax(-1).tolist()
+        truth = [goal_fields_of(goal).tolist() for goal in tasks.goals]
+        assert goal_naming(current, tasks) == {"tasks": 4, "right": np.mean([t == forced.tolist() for t in truth])}
         texts = goal_head_explanations(current, episodes[:3])
-        assert texts == [train_wording(Goal.relation(2, 0, 3))] * 3
-        assert parse_instruction(texts[0]) == Goal.relation(2, 0, 3)
+        assert texts == [train_wording(Goal.relation(*forced.tolist()))] * 3
+        assert parse_instruction(texts[0]) == Goal.relation(*forced.tolist())

@@ -60,6 +60,10 @@ def quality_lines(report: dict[str, Any], real_source: str | None) -> list[str]:
             f"{_fmt(row['state_error_max']):>11}{_fmt(row['out_of_workbench_rate'], True):>11}"
             f"{_fmt(row['wall_crossing_rate'], True):>8}{row['mean_length']:>12.2f}"
         )
+        if "goal_naming" in row:
+            naming = row["goal_naming"]
+            lines.append(f"  {level} goal head: names the goal right in {_fmt(naming['right'], True)} of the "
+                         f"{naming['tasks']} tasks whose goal has fields")
         if "one_step" in row:
             one = row["one_step"]
             horizon = row["error_by_horizon"]
