@@ -88,6 +88,15 @@ def _loss_table(summary: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _spec_build(name: str) -> str:
+    """``, or `kalm datasets build ID``` for the last packaged imagined spec built from model
+    ``name``; empty when no spec names it."""
+    from kalm_envs.dataset_specs import list_specs
+
+    built = sorted(spec.id for spec in list_specs().values() if spec.model == name)
+    return f", or `kalm datasets build {built[-1]}`" if built else ""
+
+
 def _action_head_words(config: dict[str, Any]) -> str:
     if config.get("action_head", "hidden") == "goal":
         return ("a goal head (it names ball A, ball B and direction) with a goal-first action head (an MLP over "
@@ -105,7 +114,7 @@ def model_card(name: str, config: dict[str, Any], summary: dict[str, Any], check
         f"SmolLM2-135M-Instruct grounded in CLEVR-Robot by KALM-Gym: {layers} decoder layers, LoRA rank "
         f"{config['lora_rank']} on the attention projections, a state encoder, an action embedding, "
         f"{_action_head_words(config)} and a {config['state_head']} state head. It imagines rollouts for novel goals: "
-        f"`kalm imagine --model {name} --level hard`, or `kalm datasets build kalm/clevr-robot/imagined-hard-v1`.",
+        f"`kalm imagine --model {name} --level hard`{_spec_build(name)}.",
         "",
         "## Training",
         "",
