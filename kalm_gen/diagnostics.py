@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
 from kalm_envs.goals import Goal
 from kalm_envs.language import parse_instruction
@@ -140,7 +139,7 @@ def action_agreement(model: Any, episodes: Sequence[Episode], batch_size: int = 
             hidden = model.hidden_states(batch)
             for row in range(len(chunk)):
                 slots = batch["action_targets"][row] >= 0
-                goal = model.name_goal(hidden[row, slots][0])  # goal first: named at the first state slot
+                goal = model.name_goal(hidden[row, batch["goal_slot"][row]][0])  # goal first: at the goal slot
                 logits = model.action_logits(hidden[row, slots], batch["states"][row, slots], goal)
                 chosen.append(logits.argmax(-1).numpy())
     oracle_hits = recorded_hits = total = 0

@@ -34,6 +34,13 @@ def goal_fields_of(goal_array: np.ndarray) -> np.ndarray:
     return NO_GOAL.copy()
 
 
+def relation_of(fields: np.ndarray) -> Goal | None:
+    """The relation goal that named fields ``(3,)`` (ball A, ball B, direction) describe; None when
+    they relate a ball to itself, which no goal does."""
+    a, b, direction = (int(v) for v in fields)
+    return None if a == b else Goal.relation(a, b, direction)
+
+
 def goal_one_hot(fields: torch.Tensor) -> torch.Tensor:
     """``(..., 14)`` float32 one-hot code of goal fields ``(..., 3)`` int64; a field of -1 is all
     zeros."""

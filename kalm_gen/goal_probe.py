@@ -43,7 +43,9 @@ from kalm_envs.goals import TRAIN_GOALS, Goal
 from kalm_envs.language import instruction_variants
 from kalm_envs.separation import level_instructions
 from kalm_envs.validation import check_float, check_int, check_seed
-from kalm_gen.goal_fields import GOAL_FIELD_SIZES, GOAL_WIDTH, goal_field_loss, goal_fields_of, named_fields
+from kalm_gen.goal_fields import (
+    GOAL_FIELD_SIZES, GOAL_WIDTH, goal_field_loss, goal_fields_of, named_fields, relation_of,
+)
 from kalm_gen.sequences import rollout_prompt
 
 #: The levels the probe reads: the reader learns on the first, the second measures transfer.
@@ -143,8 +145,8 @@ class GoalReader:
         """The first train wording of the goal the reader names for ``text`` (``text`` itself when
         it names a ball related to itself, which no goal is); remembered per text."""
         if text not in self._translations:
-            a, b, direction = (int(v) for v in self.name_goals([text])[0])
-            self._translations[text] = text if a == b else train_wording(Goal.relation(a, b, direction))
+            goal = relation_of(self.name_goals([text])[0])
+            self._translations[text] = text if goal is None else train_wording(goal)
         return self._translations[text]
 
 
@@ -258,8 +260,9 @@ def read_oracle_episodes(reader: GoalReader, episodes: int, workers: int = 1) ->
     tasks = level_tasks(POLICY_LEVEL, episodes, spec.seed)
     named = reader.name_goals(tasks.instructions)
     truth = np.array([goal_fields_of(goal) for goal in tasks.goals])
-    keep = np.flatnonzero(named[:, 0] != named[:, 1])
-    pursued = [Goal.relation(*(int(v) for v in named[i])).to_array() for i in keep]
+    goals = [relation_of(fields) for fields in named]
+    keep = [i for i, goal in enumerate(goals) if goal is not None]
+    pursued = [goals[i].to_array() for i in keep]
     run = oracle_episodes(POLICY_LEVEL, [int(tasks.seeds[i]) for i in keep], spec.epsilon, workers,
                           pursued_goals=pursued)
     return run, {"tasks": episodes, "episodes": len(run), "named_right": float((named == truth).all(1).mean()),

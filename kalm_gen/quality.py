@@ -40,6 +40,7 @@ from kalm_gen.diagnostics import (
     explanation_parts,
     one_step_errors,
 )
+from kalm_gen.goal_fields import goal_fields_of, relation_of
 from kalm_gen.imagine import (
     DEFAULT_BATCH_SIZE,
     ImaginationTasks,
@@ -48,7 +49,6 @@ from kalm_gen.imagine import (
     imagine_tasks,
     level_tasks,
 )
-from kalm_gen.goal_fields import goal_fields_of
 from kalm_gen.sequences import TEXT, explain_prefix
 
 QUALITY_SEED = 3_000_000  # tasks far from the datasets' seeds (0.., 1000000.., refs 11000000..)
@@ -66,27 +66,34 @@ def replay_rollouts(level: str, tasks: ImaginationTasks, rollouts: Sequence[Epis
     return replay_actions(level, tasks.goals, tasks.instructions, tasks.initial_states, rollouts)
 
 
+def named_at_goal_slots(model: Any, sequences: Sequence[Any], batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+    """Goal first: ``(N, 3)`` int64 fields the goal head names at the goal slot of each of
+    ``sequences`` (:class:`~kalm_gen.sequences.Sequence`, each with one goal slot)."""
+    from kalm_gen.grounded_lm import evaluating, to_tensors
+    from kalm_gen.sequences import collate
+
+    named = [np.zeros((0, 3), dtype=np.int64)]
+    with evaluating(model):
+        for start in range(0, len(sequences), batch_size):
+            batch = to_tensors(collate(list(sequences[start:start + batch_size])), next(model.parameters()).device)
+            named.append(model.name_goal(model.hidden_states(batch)[batch["goal_slot"].bool()]).cpu().numpy())
+    return np.concatenate(named)
+
+
 def goal_naming(model: Any, tasks: ImaginationTasks, batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, Any]:
     """Goal first: how often the goal head names the task's goal from its wording and initial
     state (what a rollout acts on). ``tasks``: those whose goal has fields (one relation or a
     move; compound goals have none); ``right``: the share of them named right in every field the
     goal has (a move goal: ball A and direction)."""
-    from kalm_gen.grounded_lm import evaluating, to_tensors
-    from kalm_gen.sequences import collate, rollout_sequence
+    from kalm_gen.sequences import rollout_sequence
 
-    truth = np.array([goal_fields_of(goal) for goal in tasks.goals]).reshape(-1, 3)
-    named = []
     no_actions = np.zeros(0, dtype=np.int64)
-    with evaluating(model):
-        for start in range(0, len(tasks), batch_size):
-            prompts = [rollout_sequence(model.tokenize, text, state[None], no_actions)
-                       for text, state in zip(tasks.instructions[start:start + batch_size],
-                                              tasks.initial_states[start:start + batch_size], strict=True)]
-            batch = to_tensors(collate(prompts), next(model.parameters()).device)
-            named.append(model.name_goal(model.hidden_states(batch)[batch["goal_slot"].bool()]).cpu().numpy())
-    named_fields = np.concatenate(named).reshape(-1, 3)
+    prompts = [rollout_sequence(model.tokenize, text, state[None], no_actions)
+               for text, state in zip(tasks.instructions, tasks.initial_states, strict=True)]
+    named = named_at_goal_slots(model, prompts, batch_size)
+    truth = np.array([goal_fields_of(goal) for goal in tasks.goals]).reshape(-1, 3)
     has_fields = truth[:, 0] >= 0
-    right = ((named_fields == truth) | (truth < 0)).all(1)[has_fields]  # a move goal has no ball B
+    right = ((named == truth) | (truth < 0)).all(1)[has_fields]  # a move goal has no ball B
     return {"tasks": int(has_fields.sum()), "right": float(right.mean()) if right.size else None}
 
 
@@ -205,19 +212,10 @@ def goal_head_explanations(model: Any, episodes: Sequence[Episode], batch_size: 
     names at the end of the explain prompt (an empty text when it names no goal: a ball related
     to itself)."""
     from kalm_gen.goal_probe import train_wording
-    from kalm_gen.grounded_lm import evaluating, to_tensors
-    from kalm_gen.sequences import collate
 
-    texts: list[str] = []
-    with evaluating(model):
-        for start in range(0, len(episodes), batch_size):
-            chunk = episodes[start:start + batch_size]
-            batch = to_tensors(collate([explain_prefix(model.tokenize, e.observations, e.actions).build()
-                                        for e in chunk]), next(model.parameters()).device)
-            named = model.name_goal(model.hidden_states(batch)[batch["goal_slot"].bool()]).cpu().numpy()
-            texts += ["" if a == b else train_wording(Goal.relation(int(a), int(b), int(direction)))
-                      for a, b, direction in named]
-    return texts
+    prefixes = [explain_prefix(model.tokenize, e.observations, e.actions).build() for e in episodes]
+    goals = [relation_of(fields) for fields in named_at_goal_slots(model, prefixes, batch_size)]
+    return ["" if goal is None else train_wording(goal) for goal in goals]
 
 
 def score_explanations(texts: Sequence[str], episodes: Sequence[Episode], examples: int = 3) -> dict[str, Any]:

@@ -274,7 +274,7 @@ class GroundingObjective(nn.Module):
         if masks["text"].any():
             logits = model.text_logits(hidden[masks["text"]]).float()
             errors["text"] = F.cross_entropy(logits, batch["token_targets"][masks["text"]], reduction="none")
-        if masks.get("goal") is not None and masks["goal"].any():
+        if "goal" in masks and masks["goal"].any():
             errors["goal"] = goal_field_loss(model.goal_head(hidden[masks["goal"]]), batch["goal_fields"][masks["goal"]])
         # every trainable head takes part in every step (DDP needs all parameters used): a head
         # without a target in this batch adds zero times its output at one position
@@ -700,9 +700,7 @@ def _initial_model(config: GroundingTrainConfig) -> GroundedLM:
     """A fresh model, or ``config.init_model`` with the config's action head."""
     if config.init_model is None:
         return GroundedLM.from_config(config.model_config(), seed=config.seed)
-    from kalm_gen.published import resolve_model
-
-    model = GroundedLM.load(resolve_model(config.init_model))
+    model = GroundedLM.load(config.init_model)  # a published name or a folder
     wanted, found = asdict(config.model_config()), asdict(model.config)
     for name in ("base_model", "finetune", "lora_rank", "lora_alpha", "head_hidden", "num_layers", "state_head"):
         if wanted[name] != found[name]:

@@ -193,6 +193,7 @@ def test_command_writes_a_read_oracle_dataset_per_reader(tmp_path: Path, monkeyp
     stats = report["oracle_data"]["kalm/bounds/read-oracle-rephrase-encoder-hashed-v0"]
     episodes = read_episodes("kalm/bounds/read-oracle-rephrase-encoder-hashed-v0")
     assert len(episodes) == stats["episodes"] <= 3 and stats["tasks"] == 3
-    assert stats["success_rate"] == pytest.approx(np.mean([e.success for e in episodes])) if episodes else True
+    reached = np.mean([e.success for e in episodes]) if episodes else 0.0  # the figure of what was written
+    assert stats["success_rate"] == pytest.approx(reached)
     with pytest.raises(CliFailure, match="--oracle-data"):
         cli("goal-probe", "--num-layers", "--encoder", "hashed", "--oracle-data", "0")
