@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kalm_gen.goal_fields import single_clause
+
 FIT_BATCH = 512  #: transitions per update
 FIT_LR = 1e-3  #: Adam learning rate
 CHECK_EVERY = 250  #: updates between two held-out checks
@@ -31,10 +33,12 @@ HELD_OUT = 0.1  #: share of the episodes held out to pick the update count
 def goal_transitions(episodes: Sequence[Any]) -> dict[str, torch.Tensor]:
     """Every step of ``episodes`` (with ``states``, ``actions`` and ``goal_fields``, as
     :class:`~kalm_gen.grounding_data.GroundingEpisode`): ``states`` ``(N, 10)`` float32 (m) before
-    each action, ``goals`` ``(N, 3)`` int64 fields, ``actions`` ``(N,)`` int64."""
+    each action, ``goals`` ``(N, 3)`` int64 fields of the one clause acted on (-1 for a goal of
+    several: :func:`~kalm_gen.goal_fields.single_clause`), ``actions`` ``(N,)`` int64."""
     return {
         "states": torch.as_tensor(np.concatenate([e.states[:-1] for e in episodes]), dtype=torch.float32),
-        "goals": torch.as_tensor(np.concatenate([np.tile(e.goal_fields, (e.length, 1)) for e in episodes])),
+        "goals": torch.as_tensor(np.concatenate([np.tile(single_clause(e.goal_fields), (e.length, 1))
+                                                 for e in episodes])),
         "actions": torch.as_tensor(np.concatenate([e.actions for e in episodes]), dtype=torch.int64),
     }
 

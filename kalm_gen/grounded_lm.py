@@ -9,8 +9,10 @@
   of the slot's hidden state; ``"goal"`` (goal first), an MLP over the goal the LM names and the
   slot's ball state;
 - ``goal_head`` (``action_head="goal"`` only): d -> 14 logits of the goal's fields (ball A 5, ball
-  B 5, direction 4), read at a goal slot: the first state slot of a rollout (the instruction and
-  the initial state before it) and the end of an explanation prompt (the trajectory before it);
+  B 5, direction 4), or with ``goal_clauses=3`` d -> 45 logits of a clause list (ball A 6, the
+  sixth ending the list; :mod:`kalm_gen.goal_fields`), read at a goal slot: the first state slot
+  of a rollout (the instruction and the initial state before it) and the end of an explanation
+  prompt (the trajectory before it);
 - ``state_head``: MLP d -> 10, read at action slots: the next state, given the state before the
   action (:meth:`GroundedLM.next_state`, parameterised as set by ``GroundedLMConfig.state_head``).
 
@@ -38,13 +40,14 @@ from torch import nn
 
 from kalm_envs.validation import check_choice, check_float, check_int, check_str
 from kalm_gen.base_model import resolve_base_model
-from kalm_gen.goal_fields import GOAL_WIDTH, goal_one_hot, named_fields
+from kalm_gen.goal_fields import GOAL_WIDTH, field_sizes, goal_one_hot, named_fields, pursued_clause
 from kalm_gen.sequences import ACTION_SLOT, STATE_SCALE, STATE_SLOT
 
 N_ACTIONS = 40
 STATE_DIM = 10
 STATE_HEADS = ("bounded", "delta")
 ACTION_HEADS = ("hidden", "goal")
+GOAL_CLAUSES = (1, 3)
 #: Box (m) of the bounded state head: where the walls keep ball centres after a push
 #: (:data:`kalm_envs.physics.BALL_X_LIMITS`, ``BALL_Y_LIMITS``; every real state after a push of
 #: real-v0 lies within x +-0.479, y -0.179..0.580) plus 5 mm, tiled over the five balls. Initial
@@ -81,6 +84,10 @@ class GroundedLMConfig:
             (models saved before the field existed); ``"goal"``: goal first, the LM names the
             goal's fields with a goal head and an MLP (``head_hidden`` wide) maps the named goal
             (one-hot, :func:`~kalm_gen.goal_fields.goal_one_hot`) and the ball state to the action.
+        goal_clauses: goal first: how many clauses the goal head names, 1 (ball A, ball B,
+            direction) or 3 (a clause list, so that pairs and triples of relations can be named;
+            the action MLP acts on the first named clause the state does not meet,
+            :func:`~kalm_gen.goal_fields.pursued_clause`).
     """
 
     base_model: str = "smollm2"
@@ -93,6 +100,7 @@ class GroundedLMConfig:
     num_layers: int | None = None
     state_head: str = "bounded"
     action_head: str = "hidden"
+    goal_clauses: int = 1
 
     def __post_init__(self) -> None:
         check_str(self.base_model, "base_model")
@@ -102,6 +110,9 @@ class GroundedLMConfig:
         check_float(self.lora_dropout, "lora_dropout", 0.0, 1.0, high_open=True)
         check_choice(self.state_head, "state_head", STATE_HEADS)
         check_choice(self.action_head, "action_head", ACTION_HEADS)
+        check_choice(self.goal_clauses, "goal_clauses", GOAL_CLAUSES)
+        if self.goal_clauses != 1 and self.action_head != "goal":
+            raise ValueError(f"goal_clauses {self.goal_clauses} needs action_head 'goal', not {self.action_head!r}")
         if self.num_layers is not None:
             check_int(self.num_layers, "num_layers", low=1)
 
@@ -132,7 +143,7 @@ class GroundedLM(nn.Module):
         """Fresh action head (and goal head, goal first) as ``config.action_head`` says."""
         width, hidden = self._causal_lm().config.hidden_size, self.config.head_hidden
         if self.config.action_head == "goal":
-            self.goal_head = nn.Linear(width, GOAL_WIDTH)
+            self._build_goal_head()
             self.action_head = nn.Sequential(
                 nn.Linear(GOAL_WIDTH + STATE_DIM, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
                 nn.Linear(hidden, N_ACTIONS),
@@ -140,6 +151,23 @@ class GroundedLM(nn.Module):
         else:
             self.goal_head = None
             self.action_head = nn.Linear(width, N_ACTIONS)
+
+    def _build_goal_head(self) -> None:
+        self.goal_head = nn.Linear(self._causal_lm().config.hidden_size, sum(self.goal_field_sizes))
+
+    @property
+    def goal_field_sizes(self) -> tuple[int, ...]:
+        """Class counts of the fields the goal head names (:func:`~kalm_gen.goal_fields.field_sizes`)."""
+        return field_sizes(self.config.goal_clauses)
+
+    def replace_goal_head(self, goal_clauses: int, seed: int = 0) -> None:
+        """Goal first: a new, seeded goal head naming ``goal_clauses`` clauses; everything else,
+        the fitted action MLP included, stays as it is."""
+        if self.goal_head is None:
+            raise ValueError("only a goal-first model has a goal head to replace")
+        self.config = GroundedLMConfig(**{**asdict(self.config), "goal_clauses": goal_clauses})
+        torch.manual_seed(seed)
+        self._build_goal_head()
 
     def replace_action_head(self, action_head: str, seed: int = 0) -> None:
         """Switch to ``action_head`` (``"hidden"`` or ``"goal"``) with new, seeded heads; the LM,
@@ -214,6 +242,7 @@ class GroundedLM(nn.Module):
         values = json.loads((folder / CONFIG_FILE).read_text())
         values.setdefault("state_head", "delta")  # saved before bounded heads existed
         values.setdefault("action_head", "hidden")  # saved before goal-first heads existed
+        values.setdefault("goal_clauses", 1)  # saved before clause-list goal heads existed
         config = GroundedLMConfig(**values)
         tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
         if config.finetune == "lora":
@@ -276,9 +305,10 @@ class GroundedLM(nn.Module):
         return self.decode(embeddings, None, position_ids=batch["position_ids"]).last_hidden_state
 
     def name_goal(self, hidden: torch.Tensor) -> torch.Tensor | None:
-        """``(..., 3)`` int64 ball A, ball B and direction the goal head names from the hidden
-        state at a goal slot ``(..., d)``; None for a model without a goal head."""
-        return None if self.goal_head is None else named_fields(self.goal_head(hidden))
+        """``(..., 3)`` int64 ball A, ball B and direction (``(..., 9)``, a clause list, with
+        ``goal_clauses=3``) the goal head names from the hidden state at a goal slot ``(..., d)``;
+        None for a model without a goal head."""
+        return None if self.goal_head is None else named_fields(self.goal_head(hidden), self.goal_field_sizes)
 
     def action_logits(self, hidden: torch.Tensor, states: torch.Tensor, goal: torch.Tensor | None) -> torch.Tensor:
         """``(..., 40)`` logits of the next action at state slots: from their hidden states
@@ -293,7 +323,11 @@ class GroundedLM(nn.Module):
     def goal_action_logits(self, states: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
         """Goal first: ``(..., 40)`` action logits from ball states ``(..., 10)`` (m) and the goal's
         fields, ``(..., 3)`` or one ``(3,)`` for all, int64 (-1: none;
-        :func:`~kalm_gen.goal_fields.goal_one_hot`); no LM involved."""
+        :func:`~kalm_gen.goal_fields.goal_one_hot`), or clause lists ``(..., 9)``, of which each
+        state's pursued clause is acted on (:func:`~kalm_gen.goal_fields.pursued_clause`); no LM
+        involved."""
+        if goal.shape[-1] != 3:
+            goal = pursued_clause(goal.expand(*states.shape[:-1], goal.shape[-1]), states)
         code = goal_one_hot(goal).to(states.dtype).expand(*states.shape[:-1], GOAL_WIDTH)
         return self.action_head(torch.cat([code, states / STATE_SCALE], dim=-1))
 

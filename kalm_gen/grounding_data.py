@@ -12,6 +12,13 @@ dataset's level (:func:`kalm_envs.language.instruction_variants`), so the LM see
 many phrasings. An episode whose recorded instruction is not one of those wordings (e.g. KALM's
 released data, imported with KALM's own phrasing) keeps its recorded text.
 
+With a ``compound_fraction``, that share of the training rollout examples become *compound goal*
+examples, for goal heads that name a clause list (:mod:`kalm_gen.goal_fields`): the train
+wordings of two or three relation goals of the training episodes, joined into one instruction
+(:data:`COMPOUND_JOINS`), followed by the episode's initial state, whose slot is the goal slot;
+the goal head is the only target. Nothing else teaches the clause list's later clauses: real
+data holds single relations only. Validation examples are never compound.
+
 Validation holds whole episodes out (a seeded fraction): no episode gives examples to both
 splits.
 
@@ -32,10 +39,10 @@ from typing import Any
 
 import numpy as np
 
-from kalm_envs.goals import Goal
+from kalm_envs.goals import MAX_CLAUSES, Goal, GoalKind
 from kalm_envs.language import instruction_variants
 from kalm_envs.dataset_checks import dataset_level, read_dataset
-from kalm_gen.goal_fields import goal_fields_of
+from kalm_gen.goal_fields import clause_fields_of
 from kalm_gen.sequences import TASKS, Sequence as TokenSequence
 from kalm_gen.sequences import collate, dynamics_sequence, explain_sequence, pack, rollout_sequence
 
@@ -50,6 +57,14 @@ __all__ = [
 ]
 
 DEFAULT_TASK_WEIGHTS: dict[str, float] = {task: 1.0 for task in TASKS}
+#: How a compound instruction joins two of its clauses' sentences, drawn for each join: the glue,
+#: whether the sentence before keeps its closing full stop, and whether the one after starts in
+#: lower case. Generic connectives only; the hard level's frames ("Two things: ...") never occur.
+COMPOUND_JOINS: tuple[tuple[str, bool, bool], ...] = (
+    (" ", True, False), (" Also, ", True, True), (" Then ", True, True), (", and ", False, True),
+    ("; ", False, True), (" and ", False, True), (", ", False, True),
+)
+_PARTNER_TRIES = 20  # draws of a training episode for each later clause of a compound goal
 TASK_INDEX: dict[str, int] = {task: i for i, task in enumerate(TASKS)}
 
 
@@ -62,8 +77,8 @@ class GroundingEpisode:
         source: the dataset it came from (as given), and ``index`` its position there.
         level: the dataset's instruction level (train, rephrase, easy or hard).
         states: ``(T + 1, 10)`` float32; ``actions``: ``(T,)`` int64, ``T >= 1``.
-        goal: ``(10,)`` int64 goal array; ``goal_fields`` its ``(3,)`` fields
-            (:func:`~kalm_gen.goal_fields.goal_fields_of`).
+        goal: ``(10,)`` int64 goal array; ``goal_fields`` its ``(9,)`` clause list
+            (:func:`~kalm_gen.goal_fields.clause_fields_of`).
         recorded_instruction: the instruction stored in the dataset.
         wordings: the texts an instruction is drawn from: every wording of the goal at ``level``,
             or just the recorded instruction when it is not one of them.
@@ -134,7 +149,7 @@ def load_grounding_episodes(
                 states=packed["observations"][state_starts[i]:state_starts[i + 1]].astype(np.float32),
                 actions=packed["actions"][step_starts[i]:step_starts[i + 1]].astype(np.int64),
                 goal=goal,
-                goal_fields=goal_fields_of(goal),
+                goal_fields=clause_fields_of(goal),
                 recorded_instruction=recorded,
                 wordings=_wordings(goal, level, recorded, cache),
             ))
@@ -185,6 +200,8 @@ class GroundingData:
         task_weights: relative frequency of each task in training batches (default equal).
         val_fraction: share of episodes held out for validation.
         seed: drives the split, the batches, the wordings and the dynamics steps.
+        compound_fraction: share of training rollout examples made compound-goal examples
+            (see the module docstring); 0 makes none and draws nothing for them.
     """
 
     def __init__(
@@ -195,7 +212,11 @@ class GroundingData:
         task_weights: dict[str, float] | None = None,
         val_fraction: float = 0.1,
         seed: int = 0,
+        compound_fraction: float = 0.0,
     ) -> None:
+        if not 0.0 <= compound_fraction < 1.0:
+            raise ValueError(f"compound_fraction {compound_fraction} must lie in [0, 1)")
+        self.compound_fraction = float(compound_fraction)
         self.tokenize = tokenize
         self.eos_id = int(eos_id)
         self.seed = int(seed)
@@ -211,9 +232,14 @@ class GroundingData:
             self._token_cache[text] = list(self.tokenize(text))
         return self._token_cache[text]
 
-    def example(self, episode: GroundingEpisode, task: str, rng: np.random.Generator) -> TokenSequence:
+    def example(
+        self, episode: GroundingEpisode, task: str, rng: np.random.Generator, training: bool = False
+    ) -> TokenSequence:
         """One sequence of ``task`` from ``episode``: a wording (rollout, explain) or a step
-        (dynamics) drawn with ``rng``."""
+        (dynamics) drawn with ``rng``; a ``training`` rollout example is a compound-goal example
+        (:meth:`compound_example`) with probability ``compound_fraction``."""
+        if training and task == "rollout" and self.compound_fraction and rng.random() < self.compound_fraction:
+            return self.compound_example(episode, rng)
         if task == "dynamics":
             t = int(rng.integers(episode.length))
             return dynamics_sequence(
@@ -227,6 +253,44 @@ class GroundingData:
                 self._tokens, self.eos_id, instruction, episode.states, episode.actions, episode.goal_fields
             )
         raise ValueError(f"unknown task {task!r}; tasks are {list(TASKS)}")
+
+    def compound_example(self, episode: GroundingEpisode, rng: np.random.Generator) -> TokenSequence:
+        """Goal naming of a compound goal: ``episode``'s relation goal and one or two more from
+        training episodes drawn with ``rng`` (no two clauses relating the same balls), their
+        wordings joined into one instruction, then ``episode``'s initial state as the goal slot.
+        A goal that is not one relation, or no partner found, gives an ordinary rollout example."""
+        clauses, sentences = [], []
+        for member in self._compound_members(episode, rng):
+            clauses.append(Goal.from_array(member.goal).clauses[0])
+            sentences.append(member.wordings[int(rng.integers(len(member.wordings)))])
+        if len(clauses) < 2:
+            instruction = episode.wordings[int(rng.integers(len(episode.wordings)))]
+            return rollout_sequence(self._tokens, instruction, episode.states, episode.actions, episode.goal_fields)
+        text = sentences[0]
+        for sentence in sentences[1:]:
+            glue, keep_stop, lower = COMPOUND_JOINS[int(rng.integers(len(COMPOUND_JOINS)))]
+            text = (text if keep_stop else text.removesuffix(".")) + glue + (
+                sentence[:1].lower() + sentence[1:] if lower else sentence)
+        fields = clause_fields_of(Goal.relations(clauses).to_array())
+        return rollout_sequence(self._tokens, text, episode.states[:1], episode.actions[:0], fields)
+
+    def _compound_members(self, episode: GroundingEpisode, rng: np.random.Generator) -> list[GroundingEpisode]:
+        """``episode`` and the partners of its compound goal (2 or 3 members in all; just
+        ``episode`` when it or the training episodes offer no relation goal to join)."""
+        if not _single_relation(episode.goal):
+            return [episode]
+        members, pairs = [episode], {frozenset(Goal.from_array(episode.goal).clauses[0][:2])}
+        wanted = int(rng.integers(2, MAX_CLAUSES + 1))
+        for _ in range(_PARTNER_TRIES):
+            if len(members) == wanted:
+                break
+            partner = self.train_episodes[int(rng.integers(len(self.train_episodes)))]
+            if _single_relation(partner.goal):
+                pair = frozenset(Goal.from_array(partner.goal).clauses[0][:2])
+                if pair not in pairs:
+                    members.append(partner)
+                    pairs.add(pair)
+        return members
 
     # --- training batches ------------------------------------------------------------------------
 
@@ -271,7 +335,7 @@ class GroundingData:
     def train_sequences(self, index: int, batch_size: int) -> list[TokenSequence]:
         """The sequences of training batch ``index``."""
         plan, rng = self.batch_plan(index, batch_size)
-        return [self.example(episode, task, rng) for episode, task in plan]
+        return [self.example(episode, task, rng, training=True) for episode, task in plan]
 
     def train_batch(self, index: int, batch_size: int, pack_length: int | None = None) -> dict[str, np.ndarray]:
         """Training batch ``index``, one sequence a row, or packed into rows of ``pack_length``
@@ -279,7 +343,7 @@ class GroundingData:
         (one per sequence)."""
         plan, rng = self.batch_plan(index, batch_size)
         return collate_examples(
-            [self.example(e, t, rng) for e, t in plan], [e.episode_id for e, _ in plan], pack_length
+            [self.example(e, t, rng, training=True) for e, t in plan], [e.episode_id for e, _ in plan], pack_length
         )
 
     # --- validation --------------------------------------------------------------------------------
@@ -305,6 +369,11 @@ class GroundingData:
                 chunk = items[start:start + batch_size]
                 batches.append(collate_examples([s for _, s in chunk], [e.episode_id for e, _ in chunk]))
         return batches[rank::world_size]
+
+
+def _single_relation(goal_array: np.ndarray) -> bool:
+    """Whether a ``(10,)`` goal array is a relations goal of one clause."""
+    return int(goal_array[0]) == GoalKind.RELATIONS and int(goal_array[4]) == -1
 
 
 def collate_examples(

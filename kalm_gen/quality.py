@@ -40,7 +40,7 @@ from kalm_gen.diagnostics import (
     explanation_parts,
     one_step_errors,
 )
-from kalm_gen.goal_fields import goal_fields_of, relation_of
+from kalm_gen.goal_fields import clause_fields_of, head_targets, relation_of
 from kalm_gen.imagine import (
     DEFAULT_BATCH_SIZE,
     ImaginationTasks,
@@ -67,12 +67,13 @@ def replay_rollouts(level: str, tasks: ImaginationTasks, rollouts: Sequence[Epis
 
 
 def named_at_goal_slots(model: Any, sequences: Sequence[Any], batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
-    """Goal first: ``(N, 3)`` int64 fields the goal head names at the goal slot of each of
-    ``sequences`` (:class:`~kalm_gen.sequences.Sequence`, each with one goal slot)."""
+    """Goal first: ``(N, F)`` int64 fields the goal head names at the goal slot of each of
+    ``sequences`` (:class:`~kalm_gen.sequences.Sequence`, each with one goal slot); ``F`` is 3,
+    or 9 for a clause-list head."""
     from kalm_gen.grounded_lm import evaluating, to_tensors
     from kalm_gen.sequences import collate
 
-    named = [np.zeros((0, 3), dtype=np.int64)]
+    named = [np.zeros((0, len(model.goal_field_sizes)), dtype=np.int64)]
     with evaluating(model):
         for start in range(0, len(sequences), batch_size):
             batch = to_tensors(collate(list(sequences[start:start + batch_size])), next(model.parameters()).device)
@@ -82,16 +83,18 @@ def named_at_goal_slots(model: Any, sequences: Sequence[Any], batch_size: int = 
 
 def goal_naming(model: Any, tasks: ImaginationTasks, batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, Any]:
     """Goal first: how often the goal head names the task's goal from its wording and initial
-    state (what a rollout acts on). ``tasks``: those whose goal has fields (one relation or a
-    move; compound goals have none); ``right``: the share of them named right in every field the
-    goal has (a move goal: ball A and direction)."""
+    state (what a rollout acts on). ``tasks``: those whose goal has fields for the head (one
+    relation or a move; for a clause-list head also pairs and triples); ``right``: the share of
+    them named right in every field the goal has (a move goal: ball A and direction; a clause
+    list: each clause, in the goal's order, and the end of the list)."""
     from kalm_gen.sequences import rollout_sequence
 
     no_actions = np.zeros(0, dtype=np.int64)
     prompts = [rollout_sequence(model.tokenize, text, state[None], no_actions)
                for text, state in zip(tasks.instructions, tasks.initial_states, strict=True)]
     named = named_at_goal_slots(model, prompts, batch_size)
-    truth = np.array([goal_fields_of(goal) for goal in tasks.goals]).reshape(-1, 3)
+    truth = head_targets(np.array([clause_fields_of(goal) for goal in tasks.goals]).reshape(len(named), -1),
+                         model.config.goal_clauses)
     has_fields = truth[:, 0] >= 0
     right = ((named == truth) | (truth < 0)).all(1)[has_fields]  # a move goal has no ball B
     return {"tasks": int(has_fields.sum()), "right": float(right.mean()) if right.size else None}

@@ -17,9 +17,10 @@ Three grounding tasks (DESIGN.md section 5):
 | ``explain`` (rollout -> goal) | ``"Rollout:"`` S0 A0 ... S_T ``"\\nInstruction: <text><eos>"`` | instruction tokens |
 | ``dynamics`` (one step) | ``"Dynamics:"`` S_t A_t S_{t+1} | the next state |
 
-Rollout and explain sequences also carry their goal's fields (ball A, ball B, direction:
-:func:`kalm_gen.goal_fields.goal_fields_of`) at every position, and mark one *goal slot* where a goal-first model
-names them: a rollout's first state slot, and an explanation's last prompt position.
+Rollout and explain sequences also carry their goal's clause list (ball A, ball B, direction of
+each clause: :func:`kalm_gen.goal_fields.clause_fields_of`) at every position, and mark one *goal
+slot* where a goal-first model names the goal: a rollout's first state slot, and an explanation's
+last prompt position.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kalm_gen.goal_fields import NO_GOAL
+from kalm_gen.goal_fields import CLAUSE_LIST_WIDTH, NO_CLAUSE_LIST
 
 TEXT, STATE_SLOT, ACTION_SLOT = 0, 1, 2
 IGNORE = -100  # target value meaning "no loss here" (PyTorch's cross-entropy default)
@@ -58,7 +59,8 @@ class Sequence:
         action_targets: int64 next action at state slots, else :data:`IGNORE`.
         state_targets: ``(L, 10)`` float32 scaled next-state change at action slots.
         state_target_mask: bool, where ``state_targets`` counts.
-        goal_fields: ``(L, 3)`` int64 the goal's fields at every position (-1: none).
+        goal_fields: ``(L, 9)`` int64 the goal's clause list at every position
+            (:func:`~kalm_gen.goal_fields.clause_fields_of`; -1: none).
         goal_slot: bool, where a goal-first model names the goal (at most one position).
         task: which grounding task built it.
     """
@@ -82,7 +84,7 @@ class Sequence:
 class SequenceBuilder:
     """Appends text and trajectory pieces, then freezes them into a :class:`Sequence`."""
 
-    def __init__(self, task: str, goal_fields: np.ndarray = NO_GOAL) -> None:
+    def __init__(self, task: str, goal_fields: np.ndarray = NO_CLAUSE_LIST) -> None:
         self.task = task
         self.goal = np.asarray(goal_fields, dtype=np.int64)
         self.goal_position: int | None = None
@@ -152,13 +154,13 @@ class SequenceBuilder:
 
 
 def rollout_sequence(
-    tokenize, instruction: str, states: np.ndarray, actions: np.ndarray, goal_fields: np.ndarray = NO_GOAL,
+    tokenize, instruction: str, states: np.ndarray, actions: np.ndarray, goal_fields: np.ndarray = NO_CLAUSE_LIST,
 ) -> Sequence:
     """Goal -> rollout: the instruction, then the trajectory with action and state targets; the
     goal slot is the first state slot.
 
     ``tokenize(text) -> list[int]`` is the LM tokenizer without special tokens; ``goal_fields``
-    the goal's (:func:`kalm_gen.goal_fields.goal_fields_of`).
+    the goal's clause list (:func:`kalm_gen.goal_fields.clause_fields_of`).
     """
     builder = SequenceBuilder("rollout", goal_fields)
     builder.text(tokenize(rollout_prompt(instruction)))
@@ -167,7 +169,7 @@ def rollout_sequence(
     return builder.build()
 
 
-def explain_prefix(tokenize, states: np.ndarray, actions: np.ndarray, goal_fields: np.ndarray = NO_GOAL) -> SequenceBuilder:
+def explain_prefix(tokenize, states: np.ndarray, actions: np.ndarray, goal_fields: np.ndarray = NO_CLAUSE_LIST) -> SequenceBuilder:
     """Rollout -> goal up to where the answer starts: the trajectory and the answer prompt, whose
     last position is the goal slot."""
     builder = SequenceBuilder("explain", goal_fields)
@@ -179,7 +181,7 @@ def explain_prefix(tokenize, states: np.ndarray, actions: np.ndarray, goal_field
 
 
 def explain_sequence(
-    tokenize, eos_id: int, instruction: str, states: np.ndarray, actions: np.ndarray, goal_fields: np.ndarray = NO_GOAL,
+    tokenize, eos_id: int, instruction: str, states: np.ndarray, actions: np.ndarray, goal_fields: np.ndarray = NO_CLAUSE_LIST,
 ) -> Sequence:
     """Rollout -> goal: the trajectory, then the instruction as the LM's target."""
     builder = explain_prefix(tokenize, states, actions, goal_fields)
@@ -214,7 +216,7 @@ def _rows(sequences: list[Sequence], rows: list[list[int]], length: int) -> dict
         batch[name] = np.full((len(rows), length), fill, dtype=getattr(sequences[0], name).dtype)
     for name in ("states", "state_targets"):
         batch[name] = np.zeros((len(rows), length, 10), dtype=np.float32)
-    batch["goal_fields"] = np.full((len(rows), length, 3), -1, dtype=np.int64)
+    batch["goal_fields"] = np.full((len(rows), length, CLAUSE_LIST_WIDTH), -1, dtype=np.int64)
     batch["attention_mask"] = np.zeros((len(rows), length), dtype=np.int64)
     batch["position_tasks"] = np.full((len(rows), length), -1, dtype=np.int64)
     batch["position_ids"] = np.zeros((len(rows), length), dtype=np.int64)

@@ -64,7 +64,7 @@ from kalm_envs.validation import (
     InvalidTypeError, check_choice, check_count, check_float, check_int, check_path, check_paths, check_seed,
     check_str,
 )
-from kalm_gen.goal_fields import goal_field_loss
+from kalm_gen.goal_fields import goal_field_loss, head_targets
 from kalm_gen.grounded_lm import GroundedLM, GroundedLMConfig, to_tensors
 from kalm_gen.grounding_data import (
     DEFAULT_TASK_WEIGHTS,
@@ -133,6 +133,11 @@ class GroundingTrainConfig:
             training transition for this many updates (:func:`kalm_gen.action_fit.fit_goal_action_head`;
             logged as ``action_fit``). 0: none. Grounding itself leaves a goal-first action head
             as it is (its inputs do not depend on the LM): this fit is its training.
+        goal_clauses: goal first: clauses the goal head names, 1 or 3 (a clause list; see
+            :class:`~kalm_gen.grounded_lm.GroundedLMConfig`).
+        compound_fraction: share of training rollout examples that teach a clause-list goal head
+            compound goals made of train wordings (:class:`~kalm_gen.grounding_data.GroundingData`);
+            needs ``goal_clauses=3``. 0: none.
         precision: ``"bf16"`` (bfloat16 autocast, on a CPU as well), ``"fp32"``, or ``"auto"``:
             bf16 on a GPU that supports it, else fp32 (``benchmarks/ground_speed.py``: on an AVX2
             CPU bf16 autocast is about 12x slower than fp32).
@@ -166,6 +171,8 @@ class GroundingTrainConfig:
     action_head: str = "hidden"
     init_model: str | None = None
     action_fit_updates: int = 0
+    goal_clauses: int = 1
+    compound_fraction: float = 0.0
     precision: str = "auto"
     pack_length: int | None = 512
 
@@ -206,6 +213,9 @@ class GroundingTrainConfig:
         if self.action_fit_updates and self.action_head != "goal":
             raise ValueError(f"action_fit_updates {self.action_fit_updates} needs action_head 'goal', "
                              f"not {self.action_head!r}")
+        check_float(self.compound_fraction, "compound_fraction", 0.0, 1.0, high_open=True)
+        if self.compound_fraction and self.goal_clauses == 1:
+            raise ValueError(f"compound_fraction {self.compound_fraction} needs goal_clauses 3, not 1")
         if self.init_model is not None:
             from kalm_gen.published import resolve_model
 
@@ -216,7 +226,7 @@ class GroundingTrainConfig:
             base_model=self.base_model, finetune=self.finetune, lora_rank=self.lora_rank,
             lora_alpha=self.lora_alpha if self.lora_alpha is not None else 2 * self.lora_rank,
             head_hidden=self.head_hidden, num_layers=self.num_layers, state_head=self.state_head,
-            action_head=self.action_head,
+            action_head=self.action_head, goal_clauses=self.goal_clauses,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -258,12 +268,13 @@ class GroundingObjective(nn.Module):
             "state": batch["state_target_mask"].bool(),
             "text": batch["token_targets"] != IGNORE,
         }
-        if model.goal_head is not None:  # fields only where the goal has them (not compound goals)
-            masks["goal"] = batch["goal_slot"].bool() & (batch["goal_fields"][..., 0] >= 0)
+        if model.goal_head is not None:  # fields only where the goal has them (e.g. not a line-up)
+            goal_targets = head_targets(batch["goal_fields"], model.config.goal_clauses)
+            masks["goal"] = batch["goal_slot"].bool() & (goal_targets[..., 0] >= 0)
         errors = {}  # per target position, over every task
         if masks["action"].any():
             where = masks["action"]
-            # teacher forcing: a goal-first head acts on the true goal's fields
+            # teacher forcing: a goal-first head acts on the true goal's clause that the state lacks
             logits = model.action_logits(hidden[where], batch["states"][where], batch["goal_fields"][where]).float()
             errors["action"] = F.cross_entropy(logits, batch["action_targets"][where], reduction="none")
         if masks["state"].any():
@@ -275,7 +286,8 @@ class GroundingObjective(nn.Module):
             logits = model.text_logits(hidden[masks["text"]]).float()
             errors["text"] = F.cross_entropy(logits, batch["token_targets"][masks["text"]], reduction="none")
         if "goal" in masks and masks["goal"].any():
-            errors["goal"] = goal_field_loss(model.goal_head(hidden[masks["goal"]]), batch["goal_fields"][masks["goal"]])
+            errors["goal"] = goal_field_loss(model.goal_head(hidden[masks["goal"]]), goal_targets[masks["goal"]],
+                                             model.goal_field_sizes)
         # every trainable head takes part in every step (DDP needs all parameters used): a head
         # without a target in this batch adds zero times its output at one position
         zero = hidden.sum() * 0.0
@@ -580,7 +592,8 @@ def _train(config: GroundingTrainConfig, progress: bool, stack: contextlib.ExitS
 
     episodes = load_grounding_episodes(config.datasets, config.max_episodes)
     data = GroundingData(
-        episodes, model.tokenize, model.eos_id, config.task_weights, config.val_fraction, config.seed
+        episodes, model.tokenize, model.eos_id, config.task_weights, config.val_fraction, config.seed,
+        config.compound_fraction,
     )
 
     if model.goal_head is not None:
@@ -697,7 +710,8 @@ def _train(config: GroundingTrainConfig, progress: bool, stack: contextlib.ExitS
 
 
 def _initial_model(config: GroundingTrainConfig) -> GroundedLM:
-    """A fresh model, or ``config.init_model`` with the config's action head."""
+    """A fresh model, or ``config.init_model`` with the config's action head and goal head (a
+    new goal head when the clause counts differ; the fitted action MLP is kept)."""
     if config.init_model is None:
         return GroundedLM.from_config(config.model_config(), seed=config.seed)
     model = GroundedLM.load(config.init_model)  # a published name or a folder
@@ -707,6 +721,8 @@ def _initial_model(config: GroundingTrainConfig) -> GroundedLM:
             raise ValueError(f"init_model {config.init_model!r} has {name}={found[name]!r}, the config {wanted[name]!r}")
     if model.config.action_head != config.action_head:
         model.replace_action_head(config.action_head, seed=config.seed)
+    if model.config.goal_clauses != config.goal_clauses:
+        model.replace_goal_head(config.goal_clauses, seed=config.seed)
     return model
 
 

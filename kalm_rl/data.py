@@ -15,14 +15,15 @@ import numpy as np
 import torch
 
 from kalm_envs.loader import Transitions
-from kalm_envs.predicates import is_success
+from kalm_envs.predicates import is_success, transition_outcome
 from kalm_envs.text_encoders import TextEncoder
 
 STATE_SCALE = 2.0
 """Ball coordinates (m) are multiplied by this before the networks see them: x in [-1, 1], y in [-0.6, 1.2]."""
-IMAGINED_EPISODES = ("all", "successful", "final-push")
+IMAGINED_EPISODES = ("all", "successful", "progress", "final-push")
 """Which imagined rows a run samples: every one; only those of episodes whose last state meets the
-goal; or only the last push of each such episode (the push that reached the goal)."""
+goal; only the pushes of such episodes that bring the goal closer; or only the last push of each
+such episode (the push that reached the goal)."""
 
 
 def episode_reached_goal(transitions: Transitions) -> np.ndarray:
@@ -40,6 +41,29 @@ def episode_reached_goal(transitions: Transitions) -> np.ndarray:
     reached = is_success(transitions.next_observations[ends], transitions.goals[ends],
                          transitions.observations[starts])
     return np.repeat(reached, ends - starts + 1)
+
+
+def _episode_starts(episodes: np.ndarray) -> np.ndarray:
+    """``(N,)`` int64: the row of each transition's episode's first transition."""
+    first = np.flatnonzero(np.r_[True, episodes[1:] != episodes[:-1]])
+    return np.repeat(first, np.diff(np.r_[first, len(episodes)]))
+
+
+def progress_rows(transitions: Transitions) -> np.ndarray:
+    """``(N,)`` bool: the push brings its episode's goal closer.
+
+    Judged on the stored states with the env's dense reward, recomputed whatever reward the
+    dataset was labelled with: a relation or move goal's target distance shrinks, a compound goal
+    gains a condition, or the goal is met. A push of a ball the goal does not name, one blocked by
+    a wall, or one away from the target is not progress. Rows are grouped by episode as for
+    :func:`episode_reached_goal`.
+    """
+    if len(transitions) == 0:
+        return np.zeros(0, dtype=bool)
+    initial = transitions.observations[_episode_starts(transitions.episode_ids)]
+    reward, _ = transition_outcome(transitions.observations, transitions.next_observations,
+                                   transitions.goals, initial, "dense")
+    return reward > 0
 
 
 def episode_last_rows(transitions: Transitions) -> np.ndarray:
@@ -118,9 +142,10 @@ class OfflineData:
     drawn uniformly with replacement. With no imagined data every row is real.
 
     ``imagined_episodes`` ``"successful"`` keeps only the imagined episodes whose last state meets
-    their goal (:func:`episode_reached_goal`); ``"final-push"`` only the last push of each of those
-    (the one that reached the goal, without the pushes that led to where it was made); ``"all"``
-    keeps every row.
+    their goal (:func:`episode_reached_goal`); ``"progress"`` only the pushes of those that bring the
+    goal closer (:func:`progress_rows`: drops the pushes of a misread goal's balls and the pushes
+    away from the target); ``"final-push"`` only the last push of each of those (the one that
+    reached the goal, without the pushes that led to where it was made); ``"all"`` keeps every row.
     """
 
     def __init__(
@@ -143,6 +168,8 @@ class OfflineData:
             kept = imagined & torch.as_tensor(episode_reached_goal(transitions))
             if imagined_episodes == "final-push":
                 kept &= torch.as_tensor(episode_last_rows(transitions))
+            elif imagined_episodes == "progress":
+                kept &= torch.as_tensor(progress_rows(transitions))
             if not kept.any():
                 raise ValueError("no imagined episode reaches its goal: nothing is left to sample "
                                  f"with imagined episodes {imagined_episodes!r}")

@@ -66,7 +66,8 @@ class TrainConfig:
             (0.5 is the KALM paper's 1:1).
         imagined_episodes: ``all`` samples every imagined episode; ``successful`` only those whose
             last generated state meets their goal (:func:`kalm_rl.data.episode_reached_goal`);
-            ``final-push`` only the last push of each of those.
+            ``progress`` only the pushes of those that bring the goal closer
+            (:func:`kalm_rl.data.progress_rows`); ``final-push`` only the last push of each of those.
         encoder: instruction encoder name (``ordered``, ``hashed`` or ``minilm``), saved with the
             policy.
         updates: gradient steps; ``batch_size``: transitions per step.

@@ -16,9 +16,12 @@ import torch
 from kalm_envs.collector import build_dataset
 from kalm_envs.dataset_specs import get_spec
 from kalm_envs.goals import Goal
-from kalm_envs.language import parse_instruction
+from kalm_envs.language import instruction_variants, parse_instruction
 from kalm_envs.minari_io import read_episodes
-from kalm_gen.goal_fields import GOAL_WIDTH, NO_GOAL, goal_field_loss, goal_fields_of, goal_one_hot, named_fields
+from kalm_gen.goal_fields import (
+    GOAL_WIDTH, NO_CLAUSE, NO_GOAL, clause_fields_of, field_sizes, goal_field_loss, goal_fields_of, goal_one_hot,
+    named_fields, pursued_clause, single_clause,
+)
 from kalm_gen.sequences import STATE_SLOT, collate, explain_prefix, explain_sequence, pack, rollout_sequence
 from kalm_gen.train import GroundingTrainConfig, train_grounding
 from tests.helpers import temporary_minari_root
@@ -80,7 +83,7 @@ def test_goal_fields_one_hot_and_loss() -> None:
 
 def test_sequences_mark_one_goal_slot(root: Path) -> None:
     episode = _episodes(root)[0]
-    fields = goal_fields_of(episode.goal)
+    fields = clause_fields_of(episode.goal)
 
     def tokenize(text):
         return [ord(c) for c in text]
@@ -208,3 +211,125 @@ def test_the_published_goal_first_model_reads_train_wordings_and_most_novel_ones
     assert model.config.action_head == "goal" and model.config.num_layers == 12
     assert goal_naming(model, level_tasks("train", 40, seed=7))["right"] >= 0.9
     assert goal_naming(model, level_tasks("rephrase", 40, seed=7))["right"] >= 0.25
+
+
+# --- clause lists: goal heads that name pairs and triples ------------------------------------------
+
+
+def test_clause_lists_name_every_relation_and_the_pursued_one_is_the_first_unmet() -> None:
+    pair = Goal.relations([(0, 1, 0), (2, 3, 1)])
+    assert clause_fields_of(Goal.relation(3, 1, 2).to_array()).tolist() == [3, 1, 2, NO_CLAUSE, -1, -1, NO_CLAUSE, -1, -1]
+    assert clause_fields_of(pair.to_array()).tolist() == [0, 1, 0, 2, 3, 1, NO_CLAUSE, -1, -1]
+    assert clause_fields_of(Goal.move(4, 0).to_array()).tolist() == [4, -1, 0] + [-1] * 6
+    assert clause_fields_of(Goal.line_up().to_array()).tolist() == [-1] * 9
+    lists = np.stack([clause_fields_of(g.to_array()) for g in (Goal.relation(3, 1, 2), pair, Goal.move(4, 0))])
+    assert single_clause(lists).tolist() == [[3, 1, 2], NO_GOAL.tolist(), [4, -1, 0]]  # what a one-clause head names
+    assert field_sizes(1) == (5, 5, 4) and field_sizes(3) == (6, 5, 4) * 3
+    # ball 0 at (0, 0.2) is behind ball 1 at (0, 0): the pair's first clause holds there, the second does not
+    apart = torch.zeros(10)
+    behind = apart.clone()
+    behind[1] = 0.2
+    pursued = pursued_clause(torch.as_tensor(lists[[1, 1, 0]]), torch.stack([apart, behind, behind]))
+    assert pursued.tolist() == [[0, 1, 0], [2, 3, 1], [3, 1, 2]]
+    met = torch.as_tensor([0, 1, 0, NO_CLAUSE, -1, -1, 2, 3, 1])  # the list ends at its second clause
+    assert pursued_clause(met[None], behind[None]).tolist() == [[0, 1, 0]]  # every clause met: the first
+    assert pursued_clause(torch.as_tensor([[NO_CLAUSE, 0, 0] + [-1] * 6]), apart[None]).tolist() == [[-1, -1, -1]]
+    assert pursued_clause(torch.tensor([[2, 3, 1]]), behind[None]).tolist() == [[2, 3, 1]]  # one clause: as given
+
+
+def test_compound_examples_teach_clause_lists_from_train_wordings(root: Path) -> None:
+    from kalm_gen.grounding_data import GroundingData, load_grounding_episodes
+    from kalm_gen.sequences import ACTION_SLOT
+
+    with temporary_minari_root(root):
+        episodes = load_grounding_episodes([REAL])
+
+    def tokenize(text):
+        return [ord(c) for c in text]
+
+    data = GroundingData(episodes, tokenize, 0, val_fraction=0.2, seed=1, compound_fraction=0.9)
+    plain = GroundingData(episodes, tokenize, 0, val_fraction=0.2, seed=1)
+    sequences = [s for i in range(8) for s in data.train_sequences(i, 6)]
+    compound = [s for s in sequences if (s.goal_fields[0, 3:6] >= 0).all() and s.goal_fields[0, 3] != NO_CLAUSE]
+    assert len(compound) >= 5
+    wordings = {w for e in data.train_episodes for w in e.wordings}
+    for sequence in compound:
+        clauses = sequence.goal_fields[0].reshape(3, 3)
+        goals = [Goal.relation(*c) for c in clauses.tolist() if c[0] != NO_CLAUSE]
+        assert len(goals) >= 2
+        text = "".join(chr(t) for t, k in zip(sequence.token_ids, sequence.kinds, strict=True) if k == 0)
+        assert any(text.startswith(f"Instruction: {w.removesuffix('.')}") for w in wordings)
+        for goal in goals:  # each clause is one of its goal's train wordings, joined to the others
+            assert any(w.removesuffix(".")[1:] in text for w in instruction_variants(goal, "train"))
+        assert (sequence.kinds == STATE_SLOT).sum() == 1 and not (sequence.kinds == ACTION_SLOT).any()
+        assert sequence.goal_slot[sequence.kinds == STATE_SLOT].all() and (sequence.action_targets < 0).all()
+    assert not any(s.goal_fields[0, 3] >= 0 and s.goal_fields[0, 3] != NO_CLAUSE
+                   for _, s in data.val_sequences())  # validation stays real
+    # without compound examples the batches are the ones a model was always trained on
+    before = [s.token_ids.tolist() for i in range(3) for s in plain.train_sequences(i, 6)]
+    assert before == [s.token_ids.tolist() for i in range(3)
+                      for s in GroundingData(episodes, tokenize, 0, val_fraction=0.2, seed=1,
+                                             compound_fraction=0.0).train_sequences(i, 6)]
+    with pytest.raises(ValueError, match="compound_fraction 1.0"):
+        GroundingData(episodes, tokenize, 0, compound_fraction=1.0)
+
+
+def test_a_clause_list_model_names_compound_goals_and_acts_clause_by_clause(root: Path, runs: Path) -> None:
+    """From a goal-first model: a new clause-list goal head learns to name the clauses of
+    compound wordings, the fitted action MLP is kept bit for bit, and imagination acts on the
+    first named clause the imagined state does not meet."""
+    from kalm_gen.grounded_lm import GroundedLM
+    from kalm_gen.imagine import ImaginationTasks, imagine_rollouts, level_tasks
+    from kalm_gen.quality import goal_naming
+
+    with temporary_minari_root(root):
+        summary = train_grounding(_config(runs / "lm", runs / "clauses", steps=60, action_head="goal",
+                                          goal_clauses=3, compound_fraction=0.5,
+                                          init_model=str(runs / "goal" / "final")), progress=False)
+    assert summary["train_losses"]["rollout_goal"] < 0.5 * summary["initial_train_losses"]["rollout_goal"]
+    model, single = GroundedLM.load(runs / "clauses" / "final"), GroundedLM.load(runs / "goal" / "final")
+    assert model.config.goal_clauses == 3 and model.goal_head.out_features == 45
+    for a, b in zip(model.action_head.parameters(), single.action_head.parameters(), strict=True):
+        assert torch.equal(a, b)
+    tasks = level_tasks("hard", 12, seed=3)
+    pairs = [i for i, g in enumerate(tasks.goals) if Goal.from_array(g).family in ("pair", "triple")]
+    naming = goal_naming(model, tasks)
+    assert naming["tasks"] == len(pairs) > 0 and 0.0 <= naming["right"] <= 1.0
+    # force the head to name task i's clauses: the first action is the MLP's for the first unmet one
+    i = pairs[0]
+    fields = torch.as_tensor(clause_fields_of(tasks.goals[i]))
+    with torch.no_grad():
+        model.goal_head.weight.zero_()
+        codes = [torch.nn.functional.one_hot(v.clamp(min=0), n) * (v >= 0)
+                 for v, n in zip(fields, field_sizes(3), strict=True)]
+        model.goal_head.bias.copy_(torch.cat(codes).float() * 10)
+    rollout = imagine_rollouts(model, tasks.goals[i:i + 1], tasks.instructions[i:i + 1], tasks.initial_states[i:i + 1],
+                               "hard", max_steps=1, stop_early=False)[0]
+    state = torch.as_tensor(tasks.initial_states[i:i + 1])
+    clause = pursued_clause(fields[None], state)
+    with torch.no_grad():
+        expected = model.goal_action_logits(state, clause).argmax(-1)
+    one = ImaginationTasks("hard", tasks.seeds[i:i + 1], tasks.goals[i:i + 1], tasks.instructions[i:i + 1],
+                           tasks.initial_states[i:i + 1])
+    assert rollout.actions[0] == int(expected) and goal_naming(model, one) == {"tasks": 1, "right": 1.0}
+    with pytest.raises(ValueError, match="compound_fraction 0.5 needs goal_clauses 3"):
+        _config(runs / "lm", runs / "x", action_head="goal", compound_fraction=0.5).validate()
+    with pytest.raises(ValueError, match="goal_clauses 3 needs action_head 'goal'"):
+        _config(runs / "lm", runs / "x", goal_clauses=3).validate()
+
+
+def test_the_card_command_of_a_clause_list_run_rebuilds_its_config(runs: Path) -> None:
+    """``kalm publish`` writes the ``kalm ground`` command on the model card; read back by the
+    CLI it gives the run's config, clause-list settings included."""
+    import shlex
+
+    from kalm.cli import build_parser
+    from kalm.commands.ground import config_from_args
+    from kalm.commands.publish import ground_command
+
+    config = _config(runs / "lm", runs / "clauses-again", action_head="goal", goal_clauses=3, compound_fraction=0.6,
+                     init_model=str(runs / "goal" / "final"), action_fit_updates=0, pack_length=512,
+                     num_layers=None, max_episodes=None, task_weights={"rollout": 2.0, "explain": 1.0, "dynamics": 1.0})
+    written = config.to_dict()
+    args = build_parser().parse_args(shlex.split(ground_command(written))[1:])
+    assert config_from_args(args).to_dict() == written

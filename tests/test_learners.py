@@ -148,6 +148,27 @@ def test_final_push_keeps_the_push_that_reached_each_goal(root):
     assert sorted(final.actions[rows].tolist()) == sorted(int(e.actions[-1]) for e in reached)
 
 
+def test_progress_keeps_the_pushes_that_bring_the_goal_closer(root):
+    """``progress``: of the successful imagined episodes, exactly the pushes whose dense reward,
+    recomputed from the stored states, is positive; each episode's goal-meeting push among them."""
+    from kalm_envs.predicates import transition_outcome
+
+    with temporary_minari_root(root):
+        transitions = load_transitions([REAL, IMAGINED, NOISY])
+    progress = OfflineData(transitions, [1, 2], HashedNgramEncoder(), imagined_episodes="progress")
+    successful = OfflineData(transitions, [1, 2], HashedNgramEncoder(), imagined_episodes="successful")
+    assert torch.equal(progress.real_rows, successful.real_rows)
+    rows = successful.imagined_rows.numpy()
+    firsts = {int(e): int(np.flatnonzero(transitions.episode_ids == e)[0]) for e in np.unique(transitions.episode_ids[rows])}
+    initial = transitions.observations[[firsts[int(e)] for e in transitions.episode_ids[rows]]]
+    reward, _ = transition_outcome(transitions.observations[rows], transitions.next_observations[rows],
+                                   transitions.goals[rows], initial)
+    assert progress.imagined_rows.tolist() == rows[reward > 0].tolist()
+    assert 0 < len(progress.imagined_rows) < len(rows)  # the stand-ins' random pushes make some no progress
+    goal_met = rows[transitions.terminations[rows]]
+    assert len(goal_met) and set(goal_met.tolist()) <= set(progress.imagined_rows.tolist())
+
+
 def test_validation_keeps_the_best_weights_and_select_picks_them(root, tmp_path):
     run = tmp_path / "run"
     summary = _train(root, run, "bc", updates=1500, validation_fraction=0.1, params={"hidden": [64]})

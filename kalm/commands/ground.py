@@ -63,6 +63,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--action-fit-updates", type=int, default=0, metavar="N",
                         help="goal first: fit the action head alone on every training transition for N updates "
                         "before grounding (seconds)")
+    parser.add_argument("--goal-clauses", type=int, choices=(1, 3), default=1,
+                        help="goal first: clauses the goal head names (3: a clause list, for pairs and triples)")
+    parser.add_argument("--compound-fraction", type=float, default=0.0, metavar="F",
+                        help="with --goal-clauses 3: share of rollout examples that teach compound goals made of "
+                        "two or three train wordings")
     parser.add_argument("--init-model", metavar="MODEL",
                         help="start from this grounded model (published name or folder) instead of the base model")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; on an idle "
@@ -84,6 +89,7 @@ def config_from_args(args: argparse.Namespace):
         max_episodes=args.max_episodes, precision=args.precision,
         pack_length=args.pack_length or None, num_layers=args.num_layers, state_head=args.state_head,
         action_head=args.action_head, init_model=args.init_model, action_fit_updates=args.action_fit_updates,
+        goal_clauses=args.goal_clauses, compound_fraction=args.compound_fraction,
     )
 
 

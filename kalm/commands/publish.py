@@ -73,6 +73,10 @@ def ground_command(config: dict[str, Any]) -> str:
         parts += ["--action-head", config["action_head"]]
     if config.get("action_fit_updates"):
         parts += ["--action-fit-updates", config["action_fit_updates"]]
+    if config.get("goal_clauses", 1) != 1:
+        parts += ["--goal-clauses", config["goal_clauses"]]
+    if config.get("compound_fraction"):
+        parts += ["--compound-fraction", config["compound_fraction"]]
     if config.get("init_model") is not None:
         parts += ["--init-model", config["init_model"]]
     return " ".join(str(p) for p in parts)
@@ -99,7 +103,9 @@ def _spec_build(name: str) -> str:
 
 def _action_head_words(config: dict[str, Any]) -> str:
     if config.get("action_head", "hidden") == "goal":
-        return ("a goal head (it names ball A, ball B and direction) with a goal-first action head (an MLP over "
+        named = ("a list of up to three clauses, each ball A, ball B and direction" if config.get("goal_clauses", 1) == 3
+                 else "ball A, ball B and direction")
+        return (f"a goal head (it names {named}) with a goal-first action head (an MLP over "
                 "the named goal and the ball state)")
     return "an action head"
 

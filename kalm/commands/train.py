@@ -46,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--imagined-episodes", default="all", metavar="WHICH",
                         help="all (default): every imagined episode; successful: only those whose last "
                              "generated state meets their goal (the generator's claim; no simulator is run); "
+                             "progress: only the pushes of those that bring the goal closer (the env's dense reward > 0); "
                              "final-push: only the last push of each of those, the one that reached the goal")
     parser.add_argument("--encoder", default=DEFAULT_ENCODER, choices=ENCODER_NAMES,
                         help=f"instruction encoder (default {DEFAULT_ENCODER}: hashed n-grams and ordered word pairs)")

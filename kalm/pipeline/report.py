@@ -172,6 +172,7 @@ def _imagined_use(train: dict[str, Any]) -> str:
     real = train["real_fraction"]
     ratio = f"{real / (1 - real):g}:1"
     which = {"successful": "only episodes whose imagined last state meets the goal",
+             "progress": "only the pushes that bring the goal closer, of episodes whose imagined last state meets the goal",
              "final-push": "only the last push of episodes whose imagined last state meets the goal",
              }.get(train["imagined_episodes"], "every episode")
     return f"{ratio}, {which}"
