@@ -130,6 +130,21 @@ def goal_field_loss(logits: torch.Tensor, fields: torch.Tensor, sizes: tuple[int
                for i, part in enumerate(parts))
 
 
+def named_confidence(logits: torch.Tensor, sizes: tuple[int, ...] = GOAL_FIELD_SIZES) -> torch.Tensor:
+    """``(...,)`` float32 probability the head gives the goal it names (:func:`named_fields`): the
+    product of each used field's top probability. A clause list uses ball A of each clause up to
+    the first that names :data:`NO_CLAUSE`, and ball B and direction of each clause before it."""
+    parts = torch.split(logits.float(), sizes, dim=-1)
+    top = torch.stack([part.softmax(-1).max(-1).values for part in parts], dim=-1)
+    if len(sizes) == 3:
+        return top.prod(-1)
+    clauses = top.reshape(*top.shape[:-1], -1, 3)
+    names_ball = torch.stack([part.argmax(-1) < N_BALLS for part in parts[::3]], dim=-1)
+    reached = torch.cat([torch.ones_like(names_ball[..., :1]), names_ball[..., :-1]], dim=-1).cumprod(-1).bool()
+    used = torch.stack([reached, reached & names_ball, reached & names_ball], dim=-1)
+    return torch.where(used, clauses, torch.ones_like(clauses)).flatten(-2).prod(-1)
+
+
 def named_fields(logits: torch.Tensor, sizes: tuple[int, ...] = GOAL_FIELD_SIZES) -> torch.Tensor:
     """``(..., len(sizes))`` int64 fields that goal logits ``(..., sum(sizes))`` name (the
     likeliest class of each)."""

@@ -105,6 +105,12 @@ class ImaginationTasks:
     def __len__(self) -> int:
         return len(self.seeds)
 
+    def select(self, indices: Sequence[int] | np.ndarray) -> ImaginationTasks:
+        """The tasks at ``indices``, in that order."""
+        rows = np.asarray(indices, dtype=np.int64)
+        return ImaginationTasks(self.level, self.seeds[rows], self.goals[rows],
+                                [self.instructions[i] for i in rows], self.initial_states[rows])
+
 
 def check_level(level: str) -> str:
     """``level`` if it is a goal level, else ``ValueError`` listing them."""

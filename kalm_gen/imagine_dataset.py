@@ -10,6 +10,12 @@ dropped rollouts. Reference scores are the random-policy and oracle mean returns
 (:func:`kalm_envs.collector.reference_scores`), as for the level's oracle dataset. Rollouts stop
 at the level's steps by default (one push on easy, 50 on the others).
 
+``min_goal_confidence`` (goal-first models) makes the generator abstain: only the tasks whose
+goal the goal head names with at least that probability
+(:func:`~kalm_gen.quality.reading_confidence`) are imagined, in task order; the provenance
+counts the others (``generation.abstained``). Its goal readings are then far more often right
+(``README``: rephrase), at the cost of the wordings it reads least surely.
+
 ``states="simulator"`` writes closed-loop runs instead (:func:`kalm_gen.imagine.act_in_simulator`):
 the model chooses every action, the simulator gives every next state. Such a dataset is what the
 model's rollouts would be with a perfect state head, so training on it bounds what a better state
@@ -34,6 +40,7 @@ from kalm_envs.minari_io import write_dataset
 from kalm_envs.registration import ENV_IDS, EPISODE_STEPS
 from kalm_envs.validation import check_choice, check_count, check_float, check_seed
 from kalm_gen.published import resolve_model
+from kalm_gen.quality import reading_confidence
 from kalm_gen.imagine import (
     DEFAULT_BATCH_SIZE,
     INVALID_RULE,
@@ -108,6 +115,7 @@ def write_imagined_dataset(
     progress: bool = False,
     model: Any = None,
     states: str = "model",
+    min_goal_confidence: float = 0.0,
 ) -> Path:
     """Imagine ``episodes`` rollouts of ``level`` with the model saved in ``model_dir`` (a folder,
     or the name of a published model, :func:`kalm_gen.published.resolve_model`) and write
@@ -120,7 +128,8 @@ def write_imagined_dataset(
     spec's (:attr:`~kalm_envs.dataset_specs.DatasetSpec.temperature`). ``model`` may
     pass the already loaded model of ``model_dir`` (it is still checksummed from the folder).
     ``states`` is ``"model"`` (imagination) or ``"simulator"`` (closed-loop runs of the model's
-    actions, see the module docstring).
+    actions, see the module docstring). ``min_goal_confidence`` above 0 imagines only the tasks
+    read with at least that confidence (goal-first models; see the module docstring).
 
     The build holds the id's build lock (:mod:`kalm_envs.dataset_paths`) from before the model
     is loaded to the end.
@@ -142,6 +151,7 @@ def write_imagined_dataset(
     check_seed(sample_seed, "sample_seed")
     check_count(batch_size, "batch_size")  # these before the model loads
     check_choice(states, "states", STATE_SOURCES)
+    check_float(min_goal_confidence, "min_goal_confidence", 0.0, 1.0)
     max_steps = check_max_steps(level, max_steps)
     if ref_episodes < 1 or workers < 1:
         raise ValueError(f"ref_episodes {ref_episodes} and workers {workers} must be at least 1")
@@ -153,6 +163,16 @@ def write_imagined_dataset(
         generator = generator_provenance(model, model_dir)
 
         tasks = level_tasks(level, episodes, seed)
+        abstained = 0
+        if min_goal_confidence > 0:
+            if model.goal_head is None:
+                raise ValueError(f"min_goal_confidence {min_goal_confidence} needs a goal-first model; "
+                                 f"{model_name} has no goal head")
+            confident = np.flatnonzero(reading_confidence(model, tasks, batch_size) >= min_goal_confidence)
+            if len(confident) == 0:
+                raise ValueError(f"the model reads none of the {len(tasks)} tasks' goals with confidence "
+                                 f"min_goal_confidence {min_goal_confidence} or more; nothing to write")
+            abstained, tasks = len(tasks) - len(confident), tasks.select(confident)
         generate = act_in_simulator if states == "simulator" else imagine_tasks
         rollouts = generate(
             model, tasks, max_steps=max_steps, batch_size=batch_size, temperature=temperature,
@@ -169,6 +189,7 @@ def write_imagined_dataset(
                    + (f" --max-steps {max_steps}" if max_steps != EPISODE_STEPS[level] else "")
                    + f" --temperature {temperature:g}" + (f" --sample-seed {sample_seed}" if temperature > 0 else "")
                    + (" --states simulator" if states == "simulator" else "")
+                   + (f" --min-goal-confidence {min_goal_confidence:g}" if min_goal_confidence > 0 else "")
                    + ref_episodes_option(ref_episodes))
         provenance = {
             "source": "imagined",
@@ -188,7 +209,11 @@ def write_imagined_dataset(
                 "states": "the model's state head" if states == "model" else (
                     "the simulator's (closed-loop runs of the model's actions: the bound of a perfect state head)"),
                 "stop": "at success (kalm_envs.predicates.is_success) or max_steps",
-                "tasks": f"episode i: env.reset(seed={seed} + i) of {ENV_IDS[level]}",
+                "tasks": f"episode i: env.reset(seed={seed} + i) of {ENV_IDS[level]}" if not abstained else (
+                    f"the tasks of env.reset(seed={seed} + i), i < {episodes}, of {ENV_IDS[level]} whose goal the "
+                    f"model reads with confidence >= {min_goal_confidence:g}, in order"),
+                "min_goal_confidence": min_goal_confidence,
+                "abstained": abstained,
                 "invalid_rule": INVALID_RULE,
                 "drop_invalid": drop_invalid,
             },

@@ -40,7 +40,7 @@ from kalm_gen.diagnostics import (
     explanation_parts,
     one_step_errors,
 )
-from kalm_gen.goal_fields import clause_fields_of, head_targets, relation_of
+from kalm_gen.goal_fields import clause_fields_of, head_targets, named_confidence, named_fields, relation_of
 from kalm_gen.imagine import (
     DEFAULT_BATCH_SIZE,
     ImaginationTasks,
@@ -66,19 +66,40 @@ def replay_rollouts(level: str, tasks: ImaginationTasks, rollouts: Sequence[Epis
     return replay_actions(level, tasks.goals, tasks.instructions, tasks.initial_states, rollouts)
 
 
-def named_at_goal_slots(model: Any, sequences: Sequence[Any], batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
-    """Goal first: ``(N, F)`` int64 fields the goal head names at the goal slot of each of
-    ``sequences`` (:class:`~kalm_gen.sequences.Sequence`, each with one goal slot); ``F`` is 3,
-    or 9 for a clause-list head."""
+def goal_logits_at_goal_slots(model: Any, sequences: Sequence[Any], batch_size: int = DEFAULT_BATCH_SIZE) -> torch.Tensor:
+    """Goal first: ``(N, W)`` float32 goal-head logits at the goal slot of each of ``sequences``
+    (:class:`~kalm_gen.sequences.Sequence`, each with one goal slot), on the CPU."""
     from kalm_gen.grounded_lm import evaluating, to_tensors
     from kalm_gen.sequences import collate
 
-    named = [np.zeros((0, len(model.goal_field_sizes)), dtype=np.int64)]
+    logits = [torch.zeros(0, sum(model.goal_field_sizes))]
     with evaluating(model):
         for start in range(0, len(sequences), batch_size):
             batch = to_tensors(collate(list(sequences[start:start + batch_size])), next(model.parameters()).device)
-            named.append(model.name_goal(model.hidden_states(batch)[batch["goal_slot"].bool()]).cpu().numpy())
-    return np.concatenate(named)
+            logits.append(model.goal_head(model.hidden_states(batch)[batch["goal_slot"].bool()]).float().cpu())
+    return torch.cat(logits)
+
+
+def named_at_goal_slots(model: Any, sequences: Sequence[Any], batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+    """Goal first: ``(N, F)`` int64 fields the goal head names at the goal slot of each of
+    ``sequences``; ``F`` is 3, or 9 for a clause-list head."""
+    return named_fields(goal_logits_at_goal_slots(model, sequences, batch_size), model.goal_field_sizes).numpy()
+
+
+def task_prompts(model: Any, tasks: ImaginationTasks) -> list[Any]:
+    """Each task's rollout prompt up to its goal slot: the wording, then the initial state."""
+    from kalm_gen.sequences import rollout_sequence
+
+    no_actions = np.zeros(0, dtype=np.int64)
+    return [rollout_sequence(model.tokenize, text, state[None], no_actions)
+            for text, state in zip(tasks.instructions, tasks.initial_states, strict=True)]
+
+
+def reading_confidence(model: Any, tasks: ImaginationTasks, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+    """Goal first: ``(N,)`` float32 probability the goal head gives the goal it names for each
+    task (:func:`~kalm_gen.goal_fields.named_confidence`), from its wording and initial state."""
+    logits = goal_logits_at_goal_slots(model, task_prompts(model, tasks), batch_size)
+    return named_confidence(logits, model.goal_field_sizes).numpy()
 
 
 def goal_naming(model: Any, tasks: ImaginationTasks, batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, Any]:
@@ -87,12 +108,7 @@ def goal_naming(model: Any, tasks: ImaginationTasks, batch_size: int = DEFAULT_B
     relation or a move; for a clause-list head also pairs and triples); ``right``: the share of
     them named right in every field the goal has (a move goal: ball A and direction; a clause
     list: each clause, in the goal's order, and the end of the list)."""
-    from kalm_gen.sequences import rollout_sequence
-
-    no_actions = np.zeros(0, dtype=np.int64)
-    prompts = [rollout_sequence(model.tokenize, text, state[None], no_actions)
-               for text, state in zip(tasks.instructions, tasks.initial_states, strict=True)]
-    named = named_at_goal_slots(model, prompts, batch_size)
+    named = named_at_goal_slots(model, task_prompts(model, tasks), batch_size)
     truth = head_targets(np.array([clause_fields_of(goal) for goal in tasks.goals]).reshape(len(named), -1),
                          model.config.goal_clauses)
     has_fields = truth[:, 0] >= 0

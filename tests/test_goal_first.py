@@ -216,6 +216,21 @@ def test_the_published_goal_first_model_reads_train_wordings_and_most_novel_ones
 # --- clause lists: goal heads that name pairs and triples ------------------------------------------
 
 
+def test_the_published_clause_list_model_names_pairs_and_triples() -> None:
+    """``kalm-smollm2-clauses-v0`` names a list of clauses: train goals as one clause nearly always,
+    and the pairs and triples of hard wordings (never seen in training) far above chance (below
+    one in 6,000 for a pair)."""
+    from kalm_gen.grounded_lm import GroundedLM
+    from kalm_gen.imagine import level_tasks
+    from kalm_gen.quality import goal_naming
+
+    model = GroundedLM.load("kalm-smollm2-clauses-v0")
+    assert model.config.goal_clauses == 3 and model.goal_head.out_features == 45
+    assert goal_naming(model, level_tasks("train", 40, seed=7))["right"] >= 0.9
+    hard = goal_naming(model, level_tasks("hard", 60, seed=7))
+    assert hard["tasks"] >= 20 and hard["right"] >= 0.15
+
+
 def test_clause_lists_name_every_relation_and_the_pursued_one_is_the_first_unmet() -> None:
     pair = Goal.relations([(0, 1, 0), (2, 3, 1)])
     assert clause_fields_of(Goal.relation(3, 1, 2).to_array()).tolist() == [3, 1, 2, NO_CLAUSE, -1, -1, NO_CLAUSE, -1, -1]
@@ -333,3 +348,44 @@ def test_the_card_command_of_a_clause_list_run_rebuilds_its_config(runs: Path) -
     written = config.to_dict()
     args = build_parser().parse_args(shlex.split(ground_command(written))[1:])
     assert config_from_args(args).to_dict() == written
+
+
+def test_reading_confidence_and_a_generator_that_abstains(root: Path, runs: Path, tmp_path: Path) -> None:
+    """The confidence is the probability of the named goal's used fields; ``min_goal_confidence``
+    imagines exactly the tasks read at least that surely, in task order, and says how many it
+    skipped."""
+    from kalm_envs.minari_io import read_metadata
+    from kalm_gen.goal_fields import named_confidence
+    from kalm_gen.imagine import level_tasks
+    from kalm_gen.imagine_dataset import write_imagined_dataset
+    from kalm_gen.grounded_lm import GroundedLM
+    from kalm_gen.quality import reading_confidence
+
+    logits = torch.zeros(2, 45)
+    logits[:, 2] = logits[:, 5 + 1 + 3] = logits[:, 11 + 1] = 3.0  # clause 1: ball 2, ball 3, direction 1
+    logits[0, 15 + 5] = 3.0  # row 0 ends the list after clause 1
+    sure = [torch.tensor(3.0).exp() / (torch.tensor(3.0).exp() + n - 1) for n in (6, 5, 4)]
+    # row 1 is uniform after clause 1: it names ball 0 (1 in 6) for clauses 2 and 3, each with
+    # ball B (1 in 5) and direction (1 in 4)
+    assert named_confidence(logits, field_sizes(3)).tolist() == pytest.approx(
+        [float(sure[0] * sure[1] * sure[2] * sure[0]), float(sure[0] * sure[1] * sure[2] / 120 ** 2)], rel=1e-5)
+    assert named_confidence(torch.zeros(1, GOAL_WIDTH)).tolist() == pytest.approx([0.01])
+
+    model = GroundedLM.load(runs / "goal" / "final")
+    tasks = level_tasks("rephrase", 8, seed=0)
+    confidence = reading_confidence(model, tasks)
+    threshold = float(np.median(confidence))
+    with temporary_minari_root(tmp_path):
+        write_imagined_dataset(runs / "goal" / "final", "rephrase", episodes=8, seed=0, batch_size=4, ref_episodes=1,
+                               dataset_id="test/confident-v0", min_goal_confidence=threshold, model=model)
+        kept = read_episodes("test/confident-v0")
+        generation = read_metadata("test/confident-v0")["kalm"]["generation"]
+        assert [e.seed for e in kept] == tasks.seeds[confidence >= threshold].tolist()
+        assert generation["abstained"] == int((confidence < threshold).sum()) > 0
+        with pytest.raises(ValueError, match="reads none of the 8 tasks' goals with confidence"):
+            write_imagined_dataset(runs / "goal" / "final", "rephrase", episodes=8, seed=0, ref_episodes=1,
+                                   dataset_id="test/none-v0", min_goal_confidence=float(confidence.max()) + 1e-4,
+                                   model=model)
+        with pytest.raises(ValueError, match="min_goal_confidence"):
+            write_imagined_dataset(runs / "goal" / "final", "rephrase", episodes=8, dataset_id="test/bad-v0",
+                                   min_goal_confidence=1.5)

@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where next states come from: the model's state head (imagination, the default) or "
                              "the simulator (closed-loop runs of the model's actions: the bound of a perfect "
                              "state head)")
+    parser.add_argument("--min-goal-confidence", type=float, default=0.0, metavar="P",
+                        help="goal first: imagine only the tasks whose goal the goal head names with probability "
+                             "at least P (the generator abstains on the others; default 0: every task)")
     parser.add_argument("--ref-episodes", type=int, default=REF_EPISODES,
                         help="random-policy and oracle episodes behind the reference scores")
     parser.add_argument("--workers", type=int, default=1, help="worker processes for the reference scores")
@@ -53,7 +56,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
         args.model, args.level, episodes=args.episodes, seed=args.seed, batch_size=args.batch_size,
         dataset_id=dataset_id, drop_invalid=args.drop_invalid, temperature=args.temperature,
         sample_seed=args.sample_seed, max_steps=args.max_steps, ref_episodes=args.ref_episodes,
-        workers=args.workers, progress=True, states=args.states,
+        workers=args.workers, progress=True, states=args.states, min_goal_confidence=args.min_goal_confidence,
     )
     report = verify_dataset(dataset_id)
     metadata = read_metadata(dataset_id)
@@ -66,7 +69,10 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
         "ref_scores": [metadata.get("ref_min_score"), metadata.get("ref_max_score")],
         "model_sha256": kalm["generator"]["model_sha256"], "verified": report.ok,
     }
+    abstained = kalm["generation"].get("abstained", 0)
     lines = [
+        *([f"abstained on {abstained} tasks whose goal the model reads with confidence below "
+           f"{args.min_goal_confidence:g}"] if abstained else []),
         f"imagined {counts['generated']} rollouts of {args.level} goals: {counts['succeeded']} reach the goal, "
         f"{counts['invalid']} cut at an invalid state, {counts['dropped']} dropped",
         f"wrote {dataset_id} ({report.episodes} episodes, {report.steps} steps, success rate "
