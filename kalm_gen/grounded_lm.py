@@ -14,7 +14,9 @@
   of a rollout (the instruction and the initial state before it) and the end of an explanation
   prompt (the trajectory before it);
 - ``state_head``: MLP d -> 10, read at action slots: the next state, given the state before the
-  action (:meth:`GroundedLM.next_state`, parameterised as set by ``GroundedLMConfig.state_head``).
+  action (:meth:`GroundedLM.next_state`, parameterised as set by ``GroundedLMConfig.state_head``);
+  with ``state_head="mlp"`` an MLP over the state before and the action (one-hot) instead, which
+  never sees the LM.
 
 ``GroundedLMConfig.num_layers`` keeps only the LM's first decoder layers (the rest are dropped
 before LoRA is applied), a lever for speed on a CPU.
@@ -37,6 +39,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from torch import nn
+from torch.nn import functional as F
 
 from kalm_envs.validation import check_choice, check_float, check_int, check_str
 from kalm_gen.base_model import resolve_base_model
@@ -45,7 +48,7 @@ from kalm_gen.sequences import ACTION_SLOT, STATE_SCALE, STATE_SLOT
 
 N_ACTIONS = 40
 STATE_DIM = 10
-STATE_HEADS = ("bounded", "delta")
+STATE_HEADS = ("bounded", "delta", "mlp")
 ACTION_HEADS = ("hidden", "goal")
 GOAL_CLAUSES = (1, 3)
 #: Box (m) of the bounded state head: where the walls keep ball centres after a push
@@ -79,7 +82,9 @@ class GroundedLMConfig:
             sigmoid(logit(u) + out)`` with ``u`` the state's place in the box, so no predicted ball
             can pass a wall and an output of 0 leaves a ball where it is; ``"delta"``: ``next = state + out *``
             :data:`~kalm_gen.sequences.STATE_SCALE`, unbounded (models saved before the field
-            existed).
+            existed); ``"mlp"``: bounded as ``"bounded"``, but ``out`` comes from an MLP
+            (``head_hidden`` wide) over the state before and the action (one-hot), not from the
+            LM, fitted on real transitions (:func:`kalm_gen.action_fit.fit_state_head`).
         action_head: ``"hidden"``: the action head is linear in the hidden state at a state slot
             (models saved before the field existed); ``"goal"``: goal first, the LM names the
             goal's fields with a goal head and an MLP (``head_hidden`` wide) maps the named goal
@@ -135,9 +140,25 @@ class GroundedLM(nn.Module):
         )
         self.action_embedding = nn.Embedding(N_ACTIONS, width)
         self._build_action_head()
-        self.state_head = nn.Sequential(
-            nn.Linear(width, config.head_hidden), nn.GELU(), nn.Linear(config.head_hidden, STATE_DIM)
-        )
+        self._build_state_head()
+
+    def _build_state_head(self) -> None:
+        """Fresh state head as ``config.state_head`` says."""
+        width, hidden = self._causal_lm().config.hidden_size, self.config.head_hidden
+        if self.config.state_head == "mlp":
+            self.state_head = nn.Sequential(
+                nn.Linear(STATE_DIM + N_ACTIONS, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+                nn.Linear(hidden, STATE_DIM),
+            )
+        else:
+            self.state_head = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, STATE_DIM))
+
+    def replace_state_head(self, state_head: str, seed: int = 0) -> None:
+        """Switch to ``state_head`` with a new, seeded head; everything else stays as it is."""
+        check_choice(state_head, "state_head", STATE_HEADS)
+        self.config = GroundedLMConfig(**{**asdict(self.config), "state_head": state_head})
+        torch.manual_seed(seed)
+        self._build_state_head()
 
     def _build_action_head(self) -> None:
         """Fresh action head (and goal head, goal first) as ``config.action_head`` says."""
@@ -331,11 +352,19 @@ class GroundedLM(nn.Module):
         code = goal_one_hot(goal).to(states.dtype).expand(*states.shape[:-1], GOAL_WIDTH)
         return self.action_head(torch.cat([code, states / STATE_SCALE], dim=-1))
 
-    def next_state(self, hidden: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    def next_state(self, hidden: torch.Tensor | None, state: torch.Tensor, action: torch.Tensor | None = None) -> torch.Tensor:
         """The predicted next state ``(..., 10)`` (m, float32) from the hidden state at an action
-        slot ``(..., d)`` and the state before the action ``(..., 10)`` (m)."""
-        out = self.state_head(hidden).float()
+        slot ``(..., d)`` and the state before the action ``(..., 10)`` (m); an ``"mlp"`` state
+        head reads the state and the action ``(...,)`` int64 instead of the hidden state (which
+        may then be None)."""
         state = state.float()
+        if self.config.state_head == "mlp":
+            if action is None:
+                raise ValueError("an mlp state head needs the action")
+            code = F.one_hot(action.long(), N_ACTIONS).to(state.dtype)
+            out = self.state_head(torch.cat([state / STATE_SCALE, code], dim=-1)).float()
+        else:
+            out = self.state_head(hidden).float()
         if self.config.state_head == "delta":
             return state + out * STATE_SCALE
         low, high = BOX_LOW.to(state.device), BOX_HIGH.to(state.device)

@@ -332,7 +332,8 @@ class ModelDynamics:
         the ``(B, 10)`` states before the actions (m), the ``(B,)`` actions and the ``(B,)`` episode
         indices (unused here)."""
         state = torch.as_tensor(before, device=hidden.device)
-        return self.model.next_state(hidden, state).cpu().numpy().astype(np.float32)
+        chosen = torch.as_tensor(actions, device=hidden.device)
+        return self.model.next_state(hidden, state, chosen).cpu().numpy().astype(np.float32)
 
 
 class SimulatorDynamics:

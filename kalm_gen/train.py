@@ -121,18 +121,23 @@ class GroundingTrainConfig:
         val_fraction: share of episodes held out (whole episodes) for validation.
         max_episodes: at most this many episodes of each dataset (the first ones).
         num_layers: keep the LM's first this many decoder layers (None: all).
-        state_head: ``"bounded"`` or ``"delta"`` (see :class:`~kalm_gen.grounded_lm.GroundedLMConfig`).
+        state_head: ``"bounded"``, ``"delta"`` or ``"mlp"`` (see :class:`~kalm_gen.grounded_lm.GroundedLMConfig`).
         action_head: ``"hidden"`` or ``"goal"`` (goal first; see
             :class:`~kalm_gen.grounded_lm.GroundedLMConfig`).
         init_model: start from this grounded model (a published name or a saved model's folder)
             instead of the base model: its LM, adapter, state encoder and heads; the action head
             too when ``action_head`` is the model's, else new heads (:meth:`GroundedLM.replace_action_head`).
             The model's structure (base model, finetune, LoRA, head width, layers, state head) must
-            be the config's. None: a fresh model.
+            be the config's, except that ``state_head="mlp"`` replaces any state head with a new
+            one. None: a fresh model.
         action_fit_updates: goal first: before the first step, fit the action head alone on every
             training transition for this many updates (:func:`kalm_gen.action_fit.fit_goal_action_head`;
             logged as ``action_fit``). 0: none. Grounding itself leaves a goal-first action head
             as it is (its inputs do not depend on the LM): this fit is its training.
+        state_fit_updates: with ``state_head="mlp"``, before the first step, fit the state head alone
+            on every training transition for this many updates
+            (:func:`kalm_gen.action_fit.fit_state_head`; logged as ``state_fit``); grounding leaves
+            it as it is. 0: none.
         goal_clauses: goal first: clauses the goal head names, 1 or 3 (a clause list; see
             :class:`~kalm_gen.grounded_lm.GroundedLMConfig`).
         compound_fraction: share of training rollout examples that teach a clause-list goal head
@@ -171,6 +176,7 @@ class GroundingTrainConfig:
     action_head: str = "hidden"
     init_model: str | None = None
     action_fit_updates: int = 0
+    state_fit_updates: int = 0
     goal_clauses: int = 1
     compound_fraction: float = 0.0
     precision: str = "auto"
@@ -213,6 +219,10 @@ class GroundingTrainConfig:
         if self.action_fit_updates and self.action_head != "goal":
             raise ValueError(f"action_fit_updates {self.action_fit_updates} needs action_head 'goal', "
                              f"not {self.action_head!r}")
+        check_int(self.state_fit_updates, "state_fit_updates", low=0)
+        if self.state_fit_updates and self.state_head != "mlp":
+            raise ValueError(f"state_fit_updates {self.state_fit_updates} needs state_head 'mlp', "
+                             f"not {self.state_head!r}")
         check_float(self.compound_fraction, "compound_fraction", 0.0, 1.0, high_open=True)
         if self.compound_fraction and self.goal_clauses == 1:
             raise ValueError(f"compound_fraction {self.compound_fraction} needs goal_clauses 3, not 1")
@@ -280,7 +290,8 @@ class GroundingObjective(nn.Module):
         if masks["state"].any():
             # an action slot always follows the state slot of the state it acts on
             before = torch.roll(batch["states"], 1, dims=1)[masks["state"]]
-            change = (model.next_state(hidden[masks["state"]], before) - before) / STATE_SCALE
+            acted = batch["actions"][masks["state"]]  # the action slot holds the action taken
+            change = (model.next_state(hidden[masks["state"]], before, acted) - before) / STATE_SCALE
             errors["state"] = ((change - batch["state_targets"][masks["state"]].float()) ** 2).mean(-1)
         if masks["text"].any():
             logits = model.text_logits(hidden[masks["text"]]).float()
@@ -293,7 +304,7 @@ class GroundingObjective(nn.Module):
         zero = hidden.sum() * 0.0
         first = (hidden[:, :1], batch["states"][:, :1], batch["goal_fields"][:, :1])
         heads = {"action": (lambda: model.action_logits(*first), model.action_head),
-                 "state": (lambda: model.state_head(first[0]), model.state_head),
+                 "state": (lambda: model.next_state(first[0], first[1], batch["actions"][:, :1]), model.state_head),
                  "text": (lambda: model.text_logits(first[0]), model._causal_lm().get_output_embeddings())}
         if model.goal_head is not None:
             heads["goal"] = (lambda: model.goal_head(first[0]), model.goal_head)
@@ -600,6 +611,8 @@ def _train(config: GroundingTrainConfig, progress: bool, stack: contextlib.ExitS
         # goal first, the action head reads the true goal and the state, never the LM: grounding
         # batches would only add noise to what the action fit learnt from every transition
         model.action_head.requires_grad_(False)
+    if model.config.state_head == "mlp":  # the same for an mlp state head and the state fit
+        model.state_head.requires_grad_(False)
     parameters = [p for p in model.parameters() if p.requires_grad]
     trainable = sum(p.numel() for p in parameters)
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
@@ -638,6 +651,11 @@ def _train(config: GroundingTrainConfig, progress: bool, stack: contextlib.ExitS
 
         log({"kind": "action_fit", **fit_goal_action_head(model, data.train_episodes, config.action_fit_updates,
                                                           seed=config.seed)})
+    if state is None and config.state_fit_updates:
+        from kalm_gen.action_fit import fit_state_head
+
+        log({"kind": "state_fit", **fit_state_head(model, data.train_episodes, config.state_fit_updates,
+                                                   seed=config.seed)})
 
     from tqdm.auto import tqdm
 
@@ -717,12 +735,16 @@ def _initial_model(config: GroundingTrainConfig) -> GroundedLM:
     model = GroundedLM.load(config.init_model)  # a published name or a folder
     wanted, found = asdict(config.model_config()), asdict(model.config)
     for name in ("base_model", "finetune", "lora_rank", "lora_alpha", "head_hidden", "num_layers", "state_head"):
+        if name == "state_head" and wanted[name] == "mlp":
+            continue  # a new mlp state head replaces any other (below)
         if wanted[name] != found[name]:
             raise ValueError(f"init_model {config.init_model!r} has {name}={found[name]!r}, the config {wanted[name]!r}")
     if model.config.action_head != config.action_head:
         model.replace_action_head(config.action_head, seed=config.seed)
     if model.config.goal_clauses != config.goal_clauses:
         model.replace_goal_head(config.goal_clauses, seed=config.seed)
+    if model.config.state_head != config.state_head:
+        model.replace_state_head(config.state_head, seed=config.seed)
     return model
 
 

@@ -343,6 +343,7 @@ def test_the_card_command_of_a_clause_list_run_rebuilds_its_config(runs: Path) -
     from kalm.commands.publish import ground_command
 
     config = _config(runs / "lm", runs / "clauses-again", action_head="goal", goal_clauses=3, compound_fraction=0.6,
+                     state_head="mlp", state_fit_updates=10,
                      init_model=str(runs / "goal" / "final"), action_fit_updates=0, pack_length=512,
                      num_layers=None, max_episodes=None, task_weights={"rollout": 2.0, "explain": 1.0, "dynamics": 1.0})
     written = config.to_dict()
@@ -389,3 +390,34 @@ def test_reading_confidence_and_a_generator_that_abstains(root: Path, runs: Path
         with pytest.raises(ValueError, match="min_goal_confidence"):
             write_imagined_dataset(runs / "goal" / "final", "rephrase", episodes=8, dataset_id="test/bad-v0",
                                    min_goal_confidence=1.5)
+
+
+def test_an_mlp_state_head_fits_alone_and_imagines_from_state_and_action(root: Path, runs: Path) -> None:
+    """``state_head="mlp"``: started from a grounded model, the new state head is fitted on the
+    real transitions (held-out loss falls, the best head is kept) and frozen in grounding; an
+    imagined next state is the head's prediction from the state and the chosen action alone."""
+    from kalm_gen.grounded_lm import GroundedLM
+    from kalm_gen.imagine import imagine_rollouts, level_tasks
+    from kalm_gen.train import read_log
+
+    with temporary_minari_root(root):
+        train_grounding(_config(runs / "lm", runs / "world", steps=5, action_head="goal", state_head="mlp",
+                                state_fit_updates=300, init_model=str(runs / "goal" / "final")), progress=False)
+    fit = next(record for record in read_log(runs / "world") if record.get("kind") == "state_fit")
+    losses = dict(fit["held_out_losses"])
+    assert losses[fit["kept_update"]] == min(losses.values()) < losses[0]
+    fitted, trained = GroundedLM.load(runs / "world" / "final"), GroundedLM.load(runs / "goal" / "final")
+    assert fitted.config.state_head == "mlp" and fitted.state_head[0].in_features == 10 + 40
+    for a, b in zip(fitted.action_head.parameters(), trained.action_head.parameters(), strict=True):
+        assert torch.equal(a, b)  # the goal model's action MLP is kept
+    tasks = level_tasks("rephrase", 3, seed=2)
+    rollouts = imagine_rollouts(fitted, tasks.goals, tasks.instructions, tasks.initial_states, "rephrase",
+                                max_steps=1, stop_early=False)
+    with torch.no_grad():
+        expected = fitted.next_state(None, torch.as_tensor(tasks.initial_states),
+                                     torch.as_tensor([r.actions[0] for r in rollouts]))
+    assert np.allclose([r.observations[1] for r in rollouts], expected.numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="needs the action"):
+        fitted.next_state(None, torch.as_tensor(tasks.initial_states))
+    with pytest.raises(ValueError, match="state_fit_updates 5 needs state_head 'mlp'"):
+        _config(runs / "lm", runs / "x", state_fit_updates=5).validate()

@@ -55,8 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pack-length", type=int, default=512, metavar="N",
                         help="pack examples into rows of N positions (0: one padded example a row)")
     parser.add_argument("--num-layers", type=int, help="keep only the LM's first N decoder layers")
-    parser.add_argument("--state-head", choices=("bounded", "delta"), default="bounded",
-                        help="bounded: predicted balls stay in the box of initial states")
+    parser.add_argument("--state-head", choices=("bounded", "delta", "mlp"), default="bounded",
+                        help="bounded: predicted balls stay in the box of initial states; mlp: bounded, from an MLP "
+                        "over the state and the action instead of the LM (fit it with --state-fit-updates)")
+    parser.add_argument("--state-fit-updates", type=int, default=0, metavar="N",
+                        help="with --state-head mlp: fit the state head alone on every training transition for N "
+                        "updates before grounding")
     parser.add_argument("--action-head", choices=("hidden", "goal"), default="hidden",
                         help="hidden: actions linear in the LM's hidden state; goal: goal first, the LM names "
                         "ball A, ball B and direction, an MLP acts on them and the ball state")
@@ -90,6 +94,7 @@ def config_from_args(args: argparse.Namespace):
         pack_length=args.pack_length or None, num_layers=args.num_layers, state_head=args.state_head,
         action_head=args.action_head, init_model=args.init_model, action_fit_updates=args.action_fit_updates,
         goal_clauses=args.goal_clauses, compound_fraction=args.compound_fraction,
+        state_fit_updates=args.state_fit_updates,
     )
 
 

@@ -73,6 +73,8 @@ def ground_command(config: dict[str, Any]) -> str:
         parts += ["--action-head", config["action_head"]]
     if config.get("action_fit_updates"):
         parts += ["--action-fit-updates", config["action_fit_updates"]]
+    if config.get("state_fit_updates"):
+        parts += ["--state-fit-updates", config["state_fit_updates"]]
     if config.get("goal_clauses", 1) != 1:
         parts += ["--goal-clauses", config["goal_clauses"]]
     if config.get("compound_fraction"):
