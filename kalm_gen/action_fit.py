@@ -8,7 +8,7 @@ does that; grounding leaves the head as the fit left it.
 
 An ``"mlp"`` state head reads the state and the action, not the LM, so it fits the same way
 (:func:`fit_state_head`): a world model of one push, where the LM's own state head is off by
-12-13 cm for the pushed ball.
+12-13 cm for the pushed ball (``kalm imagine-eval --diagnose``, README "Imagined data").
 
 The action head over-fits real-v0 within a few thousand updates (its recorded actions are 20%
 random pushes), so a fit holds out a share of the episodes it is given and keeps the head of the
@@ -35,25 +35,17 @@ CHECK_EVERY = 250  #: updates between two held-out checks
 HELD_OUT = 0.1  #: share of the episodes held out to pick the update count
 
 
-def goal_transitions(episodes: Sequence[Any]) -> dict[str, torch.Tensor]:
+def fit_transitions(episodes: Sequence[Any]) -> dict[str, torch.Tensor]:
     """Every step of ``episodes`` (with ``states``, ``actions`` and ``goal_fields``, as
     :class:`~kalm_gen.grounding_data.GroundingEpisode`): ``states`` ``(N, 10)`` float32 (m) before
-    each action, ``goals`` ``(N, 3)`` int64 fields of the one clause acted on (-1 for a goal of
-    several: :func:`~kalm_gen.goal_fields.single_clause`), ``actions`` ``(N,)`` int64."""
-    return {
-        "states": torch.as_tensor(np.concatenate([e.states[:-1] for e in episodes]), dtype=torch.float32),
-        "goals": torch.as_tensor(np.concatenate([np.tile(single_clause(e.goal_fields), (e.length, 1))
-                                                 for e in episodes])),
-        "actions": torch.as_tensor(np.concatenate([e.actions for e in episodes]), dtype=torch.int64),
-    }
-
-
-def state_transitions(episodes: Sequence[Any]) -> dict[str, torch.Tensor]:
-    """Every step of ``episodes``: ``states`` ``(N, 10)`` and ``next_states`` ``(N, 10)`` float32
-    (m), ``actions`` ``(N,)`` int64."""
+    each action and ``next_states`` after it, ``goals`` ``(N, 3)`` int64 fields of the one clause
+    acted on (-1 for a goal of several: :func:`~kalm_gen.goal_fields.single_clause`), ``actions``
+    ``(N,)`` int64."""
     return {
         "states": torch.as_tensor(np.concatenate([e.states[:-1] for e in episodes]), dtype=torch.float32),
         "next_states": torch.as_tensor(np.concatenate([e.states[1:] for e in episodes]), dtype=torch.float32),
+        "goals": torch.as_tensor(np.concatenate([np.tile(single_clause(e.goal_fields), (e.length, 1))
+                                                 for e in episodes])),
         "actions": torch.as_tensor(np.concatenate([e.actions for e in episodes]), dtype=torch.int64),
     }
 
@@ -76,7 +68,7 @@ def fit_goal_action_head(model: Any, episodes: Sequence[Any], updates: int, seed
     nats) from the goal's fields and the state, as :func:`_fit_head` says."""
     if model.goal_head is None:
         raise ValueError(f"this model's action head is {model.config.action_head!r}: only a goal-first head fits alone")
-    return _fit_head(model, model.action_head, _action_loss, goal_transitions, episodes, updates, seed)
+    return _fit_head(model, model.action_head, _action_loss, episodes, updates, seed)
 
 
 def fit_state_head(model: Any, episodes: Sequence[Any], updates: int, seed: int = 0) -> dict[str, Any]:
@@ -84,13 +76,13 @@ def fit_state_head(model: Any, episodes: Sequence[Any], updates: int, seed: int 
     squared error of the change, in tenths of a metre), as :func:`_fit_head` says."""
     if model.config.state_head != "mlp":
         raise ValueError(f"this model's state head is {model.config.state_head!r}: only an 'mlp' head fits alone")
-    return _fit_head(model, model.state_head, _state_loss, state_transitions, episodes, updates, seed)
+    return _fit_head(model, model.state_head, _state_loss, episodes, updates, seed)
 
 
-def _fit_head(model: Any, head: torch.nn.Module, loss: Any, transitions: Any, episodes: Sequence[Any],
-              updates: int, seed: int) -> dict[str, Any]:
+def _fit_head(model: Any, head: torch.nn.Module, loss: Any, episodes: Sequence[Any], updates: int,
+              seed: int) -> dict[str, Any]:
     """Train ``head`` alone for up to ``updates`` Adam updates of :data:`FIT_BATCH` transitions
-    (``transitions(episodes)``), drawn at random from all but a held-out :data:`HELD_OUT` of
+    (:func:`fit_transitions`), drawn at random from all but a held-out :data:`HELD_OUT` of
     ``episodes`` (by episode, seeded), on ``loss(model, batch)``; every :data:`CHECK_EVERY` updates
     the loss on the held-out transitions is measured, and the head ends as it was at the lowest
     one. The head's ``requires_grad`` flags are left as they were.
@@ -102,8 +94,8 @@ def _fit_head(model: Any, head: torch.nn.Module, loss: Any, transitions: Any, ep
     started = time.perf_counter()
     order = np.random.default_rng(seed).permutation(len(episodes))
     cut = max(1, int(round(HELD_OUT * len(episodes))))
-    held_out = transitions([episodes[i] for i in order[:cut]])
-    data = transitions([episodes[i] for i in order[cut:]])
+    held_out = fit_transitions([episodes[i] for i in order[:cut]])
+    data = fit_transitions([episodes[i] for i in order[cut:]])
     count = len(data["actions"])
     generator = torch.Generator().manual_seed(seed)
     frozen = [not p.requires_grad for p in head.parameters()]

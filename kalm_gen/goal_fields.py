@@ -41,11 +41,8 @@ NO_CLAUSE_LIST = np.full(CLAUSE_LIST_WIDTH, -1, dtype=np.int64)
 def goal_fields_of(goal_array: np.ndarray) -> np.ndarray:
     """``(3,)`` int64 ball A, ball B and direction of a ``(10,)`` goal array: a relation goal of
     one clause gives its clause, a move goal its ball, -1 and its direction; every other goal
-    :data:`NO_GOAL`."""
-    goal = Goal.from_array(goal_array)
-    if goal.family in ("relation", "move"):
-        return np.array(goal.clauses[0], dtype=np.int64)
-    return NO_GOAL.copy()
+    :data:`NO_GOAL` (:func:`single_clause` of its clause list)."""
+    return single_clause(clause_fields_of(goal_array))
 
 
 def clause_fields_of(goal_array: np.ndarray) -> np.ndarray:

@@ -153,12 +153,16 @@ class GroundedLM(nn.Module):
         else:
             self.state_head = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, STATE_DIM))
 
+    def _rebuild(self, field_name: str, value: Any, build: Any, seed: int) -> None:
+        """Set config ``field_name`` to ``value`` (the config validates it) and ``build()`` the
+        heads it shapes anew, seeded; everything else stays as it is."""
+        self.config = GroundedLMConfig(**{**asdict(self.config), field_name: value})
+        torch.manual_seed(seed)
+        build()
+
     def replace_state_head(self, state_head: str, seed: int = 0) -> None:
         """Switch to ``state_head`` with a new, seeded head; everything else stays as it is."""
-        check_choice(state_head, "state_head", STATE_HEADS)
-        self.config = GroundedLMConfig(**{**asdict(self.config), "state_head": state_head})
-        torch.manual_seed(seed)
-        self._build_state_head()
+        self._rebuild("state_head", state_head, self._build_state_head, seed)
 
     def _build_action_head(self) -> None:
         """Fresh action head (and goal head, goal first) as ``config.action_head`` says."""
@@ -186,18 +190,13 @@ class GroundedLM(nn.Module):
         the fitted action MLP included, stays as it is."""
         if self.goal_head is None:
             raise ValueError("only a goal-first model has a goal head to replace")
-        self.config = GroundedLMConfig(**{**asdict(self.config), "goal_clauses": goal_clauses})
-        torch.manual_seed(seed)
-        self._build_goal_head()
+        self._rebuild("goal_clauses", goal_clauses, self._build_goal_head, seed)
 
     def replace_action_head(self, action_head: str, seed: int = 0) -> None:
         """Switch to ``action_head`` (``"hidden"`` or ``"goal"``) with new, seeded heads; the LM,
         its adapter and the state encoder and head stay as they are (a goal-first model started
         from a grounded one)."""
-        check_choice(action_head, "action_head", ACTION_HEADS)
-        self.config = GroundedLMConfig(**{**asdict(self.config), "action_head": action_head})
-        torch.manual_seed(seed)
-        self._build_action_head()
+        self._rebuild("action_head", action_head, self._build_action_head, seed)
 
     @property
     def head_names(self) -> tuple[str, ...]:

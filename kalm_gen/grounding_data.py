@@ -239,7 +239,9 @@ class GroundingData:
         (dynamics) drawn with ``rng``; a ``training`` rollout example is a compound-goal example
         (:meth:`compound_example`) with probability ``compound_fraction``."""
         if training and task == "rollout" and self.compound_fraction and rng.random() < self.compound_fraction:
-            return self.compound_example(episode, rng)
+            compound = self.compound_example(episode, rng)
+            if compound is not None:
+                return compound
         if task == "dynamics":
             t = int(rng.integers(episode.length))
             return dynamics_sequence(
@@ -254,42 +256,43 @@ class GroundingData:
             )
         raise ValueError(f"unknown task {task!r}; tasks are {list(TASKS)}")
 
-    def compound_example(self, episode: GroundingEpisode, rng: np.random.Generator) -> TokenSequence:
+    def compound_example(self, episode: GroundingEpisode, rng: np.random.Generator) -> TokenSequence | None:
         """Goal naming of a compound goal: ``episode``'s relation goal and one or two more from
         training episodes drawn with ``rng`` (no two clauses relating the same balls), their
         wordings joined into one instruction, then ``episode``'s initial state as the goal slot.
-        A goal that is not one relation, or no partner found, gives an ordinary rollout example."""
-        clauses, sentences = [], []
-        for member in self._compound_members(episode, rng):
-            clauses.append(Goal.from_array(member.goal).clauses[0])
-            sentences.append(member.wordings[int(rng.integers(len(member.wordings)))])
-        if len(clauses) < 2:
-            instruction = episode.wordings[int(rng.integers(len(episode.wordings)))]
-            return rollout_sequence(self._tokens, instruction, episode.states, episode.actions, episode.goal_fields)
+        None when the goal is not one relation or no partner is found."""
+        members = self._compound_members(episode, rng)
+        sentences = [member.wordings[int(rng.integers(len(member.wordings)))] for member, _ in members]
+        if len(members) < 2:
+            return None
         text = sentences[0]
         for sentence in sentences[1:]:
             glue, keep_stop, lower = COMPOUND_JOINS[int(rng.integers(len(COMPOUND_JOINS)))]
             text = (text if keep_stop else text.removesuffix(".")) + glue + (
                 sentence[:1].lower() + sentence[1:] if lower else sentence)
-        fields = clause_fields_of(Goal.relations(clauses).to_array())
+        fields = clause_fields_of(Goal.relations([clause for _, clause in members]).to_array())
         return rollout_sequence(self._tokens, text, episode.states[:1], episode.actions[:0], fields)
 
-    def _compound_members(self, episode: GroundingEpisode, rng: np.random.Generator) -> list[GroundingEpisode]:
-        """``episode`` and the partners of its compound goal (2 or 3 members in all; just
-        ``episode`` when it or the training episodes offer no relation goal to join)."""
+    def _compound_members(
+        self, episode: GroundingEpisode, rng: np.random.Generator
+    ) -> list[tuple[GroundingEpisode, tuple[int, int, int]]]:
+        """``episode`` and the partners of its compound goal, each with its relation clause (2 or
+        3 members in all; just ``episode`` when it or the training episodes offer no relation goal
+        to join)."""
         if not _single_relation(episode.goal):
-            return [episode]
-        members, pairs = [episode], {frozenset(Goal.from_array(episode.goal).clauses[0][:2])}
+            return [(episode, ())]
+        members = [(episode, Goal.from_array(episode.goal).clauses[0])]
+        pairs = {frozenset(members[0][1][:2])}
         wanted = int(rng.integers(2, MAX_CLAUSES + 1))
         for _ in range(_PARTNER_TRIES):
             if len(members) == wanted:
                 break
             partner = self.train_episodes[int(rng.integers(len(self.train_episodes)))]
             if _single_relation(partner.goal):
-                pair = frozenset(Goal.from_array(partner.goal).clauses[0][:2])
-                if pair not in pairs:
-                    members.append(partner)
-                    pairs.add(pair)
+                clause = Goal.from_array(partner.goal).clauses[0]
+                if frozenset(clause[:2]) not in pairs:
+                    members.append((partner, clause))
+                    pairs.add(frozenset(clause[:2]))
         return members
 
     # --- training batches ------------------------------------------------------------------------

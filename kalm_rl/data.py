@@ -33,20 +33,18 @@ def episode_reached_goal(transitions: Transitions) -> np.ndarray:
     state and its goal), so for imagined data it is the generator's own claim: no simulator is run.
     Rows must be grouped by episode in time order, as :func:`kalm_envs.loader.load_transitions` gives.
     """
-    episodes = transitions.episode_ids
-    if len(episodes) == 0:
+    if len(transitions) == 0:
         return np.zeros(0, dtype=bool)
-    starts = np.flatnonzero(np.r_[True, episodes[1:] != episodes[:-1]])
-    ends = np.r_[starts[1:], len(episodes)] - 1
+    starts, ends = _episode_bounds(transitions.episode_ids)
     reached = is_success(transitions.next_observations[ends], transitions.goals[ends],
                          transitions.observations[starts])
     return np.repeat(reached, ends - starts + 1)
 
 
-def _episode_starts(episodes: np.ndarray) -> np.ndarray:
-    """``(N,)`` int64: the row of each transition's episode's first transition."""
-    first = np.flatnonzero(np.r_[True, episodes[1:] != episodes[:-1]])
-    return np.repeat(first, np.diff(np.r_[first, len(episodes)]))
+def _episode_bounds(episodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(starts, ends)``: the first and last row of each episode, rows grouped by episode."""
+    starts = np.flatnonzero(np.r_[True, episodes[1:] != episodes[:-1]])
+    return starts, np.r_[starts[1:], len(episodes)] - 1
 
 
 def progress_rows(transitions: Transitions) -> np.ndarray:
@@ -60,7 +58,8 @@ def progress_rows(transitions: Transitions) -> np.ndarray:
     """
     if len(transitions) == 0:
         return np.zeros(0, dtype=bool)
-    initial = transitions.observations[_episode_starts(transitions.episode_ids)]
+    starts, ends = _episode_bounds(transitions.episode_ids)
+    initial = transitions.observations[np.repeat(starts, ends - starts + 1)]
     reward, _ = transition_outcome(transitions.observations, transitions.next_observations,
                                    transitions.goals, initial, "dense")
     return reward > 0

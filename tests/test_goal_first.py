@@ -148,7 +148,7 @@ def test_goal_first_run_starts_from_a_grounded_model_and_learns_to_name_goals(ro
 def test_action_fit_learns_and_keeps_the_best_held_out_head(root: Path, runs: Path) -> None:
     """Episodes repeated ten times: the held-out ones are copies of trained ones, so the held-out
     loss falls, and the head kept is the one of the lowest held-out loss."""
-    from kalm_gen.action_fit import fit_goal_action_head, goal_transitions
+    from kalm_gen.action_fit import fit_goal_action_head, fit_transitions
     from kalm_gen.grounded_lm import GroundedLM
     from kalm_gen.grounding_data import load_grounding_episodes
 
@@ -158,9 +158,9 @@ def test_action_fit_learns_and_keeps_the_best_held_out_head(root: Path, runs: Pa
     model.replace_action_head("goal", seed=0)
     fit = fit_goal_action_head(model, episodes, 600, seed=0)
     losses = dict(fit["held_out_losses"])
-    assert list(losses) == [0, 250, 500, 600] and fit["transitions"] < len(goal_transitions(episodes)["actions"])
+    assert list(losses) == [0, 250, 500, 600] and fit["transitions"] < len(fit_transitions(episodes)["actions"])
     assert losses[fit["kept_update"]] == min(losses.values()) < 0.5 * losses[0]
-    every = goal_transitions(episodes)
+    every = fit_transitions(episodes)
     with torch.no_grad():
         now = torch.nn.functional.cross_entropy(model.goal_action_logits(every["states"], every["goals"]), every["actions"])
     assert float(now) < 0.5 * losses[0]  # the head kept is a trained one
