@@ -1,4 +1,4 @@
-"""Fitting a goal-first action head, or an ``"mlp"`` state head, on its own, before grounding.
+"""Fitting a goal-first action head, or a push-model state head, on its own, before grounding.
 
 A goal-first model (:class:`~kalm_gen.grounded_lm.GroundedLM` with ``action_head="goal"``) acts
 on the goal's fields and the ball state alone, so its action head can learn from every recorded
@@ -6,9 +6,10 @@ transition without running the language model: thousands of updates of hundreds 
 take seconds, where grounding steps see a few dozen actions each. :func:`fit_goal_action_head`
 does that; grounding leaves the head as the fit left it.
 
-An ``"mlp"`` state head reads the state and the action, not the LM, so it fits the same way
-(:func:`fit_state_head`): a world model of one push, where the LM's own state head is off by
-12-13 cm for the pushed ball (``kalm imagine-eval --diagnose``, README "Imagined data").
+A push-model state head (``"mlp"`` or ``"relational"``, :mod:`kalm_gen.push_models`) reads the
+state and the action, not the LM, so it fits the same way (:func:`fit_state_head`): a world
+model of one push, where the LM's own state head is off by 12-13 cm for the pushed ball
+(``kalm imagine-eval --diagnose``, README "Imagined data").
 
 The action head over-fits real-v0 within a few thousand updates (its recorded actions are 20%
 random pushes), so a fit holds out a share of the episodes it is given and keeps the head of the
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from kalm_gen.goal_fields import single_clause
+from kalm_gen.push_models import PUSH_MODEL_HEADS
 from kalm_gen.sequences import STATE_SCALE
 
 FIT_BATCH = 512  #: transitions per update
@@ -72,10 +74,11 @@ def fit_goal_action_head(model: Any, episodes: Sequence[Any], updates: int, seed
 
 
 def fit_state_head(model: Any, episodes: Sequence[Any], updates: int, seed: int = 0) -> dict[str, Any]:
-    """Train an ``"mlp"`` state head to predict the next state from the state and the action (mean
+    """Train a push-model state head to predict the next state from the state and the action (mean
     squared error of the change, in tenths of a metre), as :func:`_fit_head` says."""
-    if model.config.state_head != "mlp":
-        raise ValueError(f"this model's state head is {model.config.state_head!r}: only an 'mlp' head fits alone")
+    if not model.reads_action:
+        raise ValueError(f"this model's state head is {model.config.state_head!r}: only a push model "
+                         f"({', '.join(PUSH_MODEL_HEADS)}) fits alone")
     return _fit_head(model, model.state_head, _state_loss, episodes, updates, seed)
 
 

@@ -15,8 +15,8 @@
   prompt (the trajectory before it);
 - ``state_head``: MLP d -> 10, read at action slots: the next state, given the state before the
   action (:meth:`GroundedLM.next_state`, parameterised as set by ``GroundedLMConfig.state_head``);
-  with ``state_head="mlp"`` an MLP over the state before and the action (one-hot) instead, which
-  never sees the LM.
+  with ``state_head`` ``"mlp"`` or ``"relational"`` a push model over the state before and the
+  action instead (:mod:`kalm_gen.push_models`), which never sees the LM.
 
 ``GroundedLMConfig.num_layers`` keeps only the LM's first decoder layers (the rest are dropped
 before LoRA is applied), a lever for speed on a CPU.
@@ -39,16 +39,16 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from torch import nn
-from torch.nn import functional as F
 
 from kalm_envs.validation import check_choice, check_float, check_int, check_str
 from kalm_gen.base_model import resolve_base_model
 from kalm_gen.goal_fields import GOAL_WIDTH, field_sizes, goal_one_hot, named_fields, pursued_clause
+from kalm_gen.push_models import PUSH_MODEL_HEADS, build_push_model
 from kalm_gen.sequences import ACTION_SLOT, STATE_SCALE, STATE_SLOT
 
 N_ACTIONS = 40
 STATE_DIM = 10
-STATE_HEADS = ("bounded", "delta", "mlp")
+STATE_HEADS = ("bounded", "delta", *PUSH_MODEL_HEADS)
 ACTION_HEADS = ("hidden", "goal")
 GOAL_CLAUSES = (1, 3)
 #: Box (m) of the bounded state head: where the walls keep ball centres after a push
@@ -82,9 +82,10 @@ class GroundedLMConfig:
             sigmoid(logit(u) + out)`` with ``u`` the state's place in the box, so no predicted ball
             can pass a wall and an output of 0 leaves a ball where it is; ``"delta"``: ``next = state + out *``
             :data:`~kalm_gen.sequences.STATE_SCALE`, unbounded (models saved before the field
-            existed); ``"mlp"``: bounded as ``"bounded"``, but ``out`` comes from an MLP
-            (``head_hidden`` wide) over the state before and the action (one-hot), not from the
-            LM, fitted on real transitions (:func:`kalm_gen.action_fit.fit_state_head`).
+            existed); ``"mlp"`` and ``"relational"``: bounded as ``"bounded"``, but ``out`` comes
+            from a push model (``head_hidden`` wide, :mod:`kalm_gen.push_models`) over the state
+            before and the action, not from the LM, fitted on real transitions
+            (:func:`kalm_gen.action_fit.fit_state_head`).
         action_head: ``"hidden"``: the action head is linear in the hidden state at a state slot
             (models saved before the field existed); ``"goal"``: goal first, the LM names the
             goal's fields with a goal head and an MLP (``head_hidden`` wide) maps the named goal
@@ -145,11 +146,8 @@ class GroundedLM(nn.Module):
     def _build_state_head(self) -> None:
         """Fresh state head as ``config.state_head`` says."""
         width, hidden = self._causal_lm().config.hidden_size, self.config.head_hidden
-        if self.config.state_head == "mlp":
-            self.state_head = nn.Sequential(
-                nn.Linear(STATE_DIM + N_ACTIONS, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
-                nn.Linear(hidden, STATE_DIM),
-            )
+        if self.reads_action:
+            self.state_head = build_push_model(self.config.state_head, hidden)
         else:
             self.state_head = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, STATE_DIM))
 
@@ -159,6 +157,12 @@ class GroundedLM(nn.Module):
         self.config = GroundedLMConfig(**{**asdict(self.config), field_name: value})
         torch.manual_seed(seed)
         build()
+
+    @property
+    def reads_action(self) -> bool:
+        """Whether the state head is a push model over the state and the action
+        (:mod:`kalm_gen.push_models`) rather than a head over the LM's hidden state."""
+        return self.config.state_head in PUSH_MODEL_HEADS
 
     def replace_state_head(self, state_head: str, seed: int = 0) -> None:
         """Switch to ``state_head`` with a new, seeded head; everything else stays as it is."""
@@ -353,15 +357,14 @@ class GroundedLM(nn.Module):
 
     def next_state(self, hidden: torch.Tensor | None, state: torch.Tensor, action: torch.Tensor | None = None) -> torch.Tensor:
         """The predicted next state ``(..., 10)`` (m, float32) from the hidden state at an action
-        slot ``(..., d)`` and the state before the action ``(..., 10)`` (m); an ``"mlp"`` state
-        head reads the state and the action ``(...,)`` int64 instead of the hidden state (which
-        may then be None)."""
+        slot ``(..., d)`` and the state before the action ``(..., 10)`` (m); a push-model state
+        head (:attr:`reads_action`) reads the state and the action ``(...,)`` int64 instead of the
+        hidden state (which may then be None)."""
         state = state.float()
-        if self.config.state_head == "mlp":
+        if self.reads_action:
             if action is None:
-                raise ValueError("an mlp state head needs the action")
-            code = F.one_hot(action.long(), N_ACTIONS).to(state.dtype)
-            out = self.state_head(torch.cat([state / STATE_SCALE, code], dim=-1)).float()
+                raise ValueError(f"a {self.config.state_head} state head needs the action")
+            out = self.state_head(state, action).float()
         else:
             out = self.state_head(hidden).float()
         if self.config.state_head == "delta":

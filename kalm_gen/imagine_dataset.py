@@ -120,7 +120,7 @@ def write_imagined_dataset(
     """Imagine ``episodes`` rollouts of ``level`` with the model saved in ``model_dir`` (a folder,
     or the name of a published model, :func:`kalm_gen.published.resolve_model`) and write
     them as ``dataset_id`` (default: the level's published imagined id, e.g.
-    ``kalm/clevr-robot/imagined-hard-v1``); return its folder.
+    ``kalm/clevr-robot/imagined-hard-v2``); return its folder.
 
     ``episodes`` and ``seed`` default to the published spec's (2000 from seed 1000000);
     ``max_steps`` to the level's steps (1 on easy, 50 on the others), which it may not exceed.

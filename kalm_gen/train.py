@@ -66,6 +66,7 @@ from kalm_envs.validation import (
 )
 from kalm_gen.goal_fields import goal_field_loss, head_targets
 from kalm_gen.grounded_lm import GroundedLM, GroundedLMConfig, to_tensors
+from kalm_gen.push_models import PUSH_MODEL_HEADS
 from kalm_gen.grounding_data import (
     DEFAULT_TASK_WEIGHTS,
     GroundingData,
@@ -121,20 +122,21 @@ class GroundingTrainConfig:
         val_fraction: share of episodes held out (whole episodes) for validation.
         max_episodes: at most this many episodes of each dataset (the first ones).
         num_layers: keep the LM's first this many decoder layers (None: all).
-        state_head: ``"bounded"``, ``"delta"`` or ``"mlp"`` (see :class:`~kalm_gen.grounded_lm.GroundedLMConfig`).
+        state_head: ``"bounded"``, ``"delta"``, ``"mlp"`` or ``"relational"`` (see
+            :class:`~kalm_gen.grounded_lm.GroundedLMConfig`).
         action_head: ``"hidden"`` or ``"goal"`` (goal first; see
             :class:`~kalm_gen.grounded_lm.GroundedLMConfig`).
         init_model: start from this grounded model (a published name or a saved model's folder)
             instead of the base model: its LM, adapter, state encoder and heads; the action head
             too when ``action_head`` is the model's, else new heads (:meth:`GroundedLM.replace_action_head`).
             The model's structure (base model, finetune, LoRA, head width, layers, state head) must
-            be the config's, except that ``state_head="mlp"`` replaces any state head with a new
-            one. None: a fresh model.
+            be the config's, except that a push-model ``state_head`` (``"mlp"``, ``"relational"``)
+            replaces any other state head with a new one. None: a fresh model.
         action_fit_updates: goal first: before the first step, fit the action head alone on every
             training transition for this many updates (:func:`kalm_gen.action_fit.fit_goal_action_head`;
             logged as ``action_fit``). 0: none. Grounding itself leaves a goal-first action head
             as it is (its inputs do not depend on the LM): this fit is its training.
-        state_fit_updates: with ``state_head="mlp"``, before the first step, fit the state head alone
+        state_fit_updates: with a push-model ``state_head``, before the first step, fit the state head alone
             on every training transition for this many updates
             (:func:`kalm_gen.action_fit.fit_state_head`; logged as ``state_fit``); grounding leaves
             it as it is. 0: none.
@@ -220,8 +222,8 @@ class GroundingTrainConfig:
             raise ValueError(f"action_fit_updates {self.action_fit_updates} needs action_head 'goal', "
                              f"not {self.action_head!r}")
         check_int(self.state_fit_updates, "state_fit_updates", low=0)
-        if self.state_fit_updates and self.state_head != "mlp":
-            raise ValueError(f"state_fit_updates {self.state_fit_updates} needs state_head 'mlp', "
+        if self.state_fit_updates and self.state_head not in PUSH_MODEL_HEADS:
+            raise ValueError(f"state_fit_updates {self.state_fit_updates} needs a state_head in {PUSH_MODEL_HEADS}, "
                              f"not {self.state_head!r}")
         check_float(self.compound_fraction, "compound_fraction", 0.0, 1.0, high_open=True)
         if self.compound_fraction and self.goal_clauses == 1:
@@ -611,7 +613,7 @@ def _train(config: GroundingTrainConfig, progress: bool, stack: contextlib.ExitS
         # goal first, the action head reads the true goal and the state, never the LM: grounding
         # batches would only add noise to what the action fit learnt from every transition
         model.action_head.requires_grad_(False)
-    if model.config.state_head == "mlp":  # the same for an mlp state head and the state fit
+    if model.reads_action:  # a push model is trained by the state fit alone
         model.state_head.requires_grad_(False)
     parameters = [p for p in model.parameters() if p.requires_grad]
     trainable = sum(p.numel() for p in parameters)
@@ -735,8 +737,8 @@ def _initial_model(config: GroundingTrainConfig) -> GroundedLM:
     model = GroundedLM.load(config.init_model)  # a published name or a folder
     wanted, found = asdict(config.model_config()), asdict(model.config)
     for name in ("base_model", "finetune", "lora_rank", "lora_alpha", "head_hidden", "num_layers", "state_head"):
-        if name == "state_head" and wanted[name] == "mlp":
-            continue  # a new mlp state head replaces any other (below)
+        if name == "state_head" and wanted[name] in PUSH_MODEL_HEADS:
+            continue  # a new push model replaces any other state head (below)
         if wanted[name] != found[name]:
             raise ValueError(f"init_model {config.init_model!r} has {name}={found[name]!r}, the config {wanted[name]!r}")
     if model.config.action_head != config.action_head:

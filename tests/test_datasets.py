@@ -45,10 +45,10 @@ def built_real(tmp_path_factory):
 def test_specs_cover_the_published_ids():
     specs = list_specs()
     assert set(specs) == {REAL, HARD, "kalm/clevr-robot/oracle-easy-v1", "kalm/clevr-robot/oracle-rephrase-v0",
-                          "kalm/clevr-robot/imagined-rephrase-v1", "kalm/clevr-robot/imagined-easy-v1",
-                          "kalm/clevr-robot/imagined-hard-v1"}
+                          "kalm/clevr-robot/imagined-rephrase-v2", "kalm/clevr-robot/imagined-easy-v2",
+                          "kalm/clevr-robot/imagined-hard-v2"}
     assert specs[REAL].episodes == 10_000 and specs[REAL].level == "train"
-    assert published_id("oracle", "hard") == HARD and published_id("imagined", "easy") == "kalm/clevr-robot/imagined-easy-v1"
+    assert published_id("oracle", "hard") == HARD and published_id("imagined", "easy") == "kalm/clevr-robot/imagined-easy-v2"
     assert specs[published_id("oracle", "easy")].env_id == ENV_IDS["easy"] == "KALM/CLEVRRobot-Easy-v1"
     assert "one push" in specs["kalm/clevr-robot/oracle-easy-v1"].description
     assert "on easy, the episode's one push" in specs["kalm/clevr-robot/oracle-easy-v1"].card()
@@ -278,7 +278,7 @@ def test_easy_data_of_the_retired_50_step_env_is_refused(minari_root):
     with pytest.raises(ValueError, match=expected):
         load_transitions("kalm/test/easy-old-v0")
     report = verify_dataset("kalm/test/easy-old-v0")
-    assert not report.ok and "kalm/clevr-robot/imagined-easy-v1" in report.checks["env"][0]
+    assert not report.ok and "kalm/clevr-robot/imagined-easy-v2" in report.checks["env"][0]
     out = subprocess.run([sys.executable, "-m", "kalm.cli", "datasets", "verify", "kalm/test/easy-old-v0"],
                          capture_output=True, text=True, env={**os.environ, "MINARI_DATASETS_PATH": str(minari_root)})
     assert out.returncode == 1 and "FAIL env" in out.stdout and "one push" in out.stdout

@@ -211,21 +211,24 @@ def test_bad_generation_input(model, easy_tasks):
 
 
 def test_imagined_specs_build_from_the_published_model(tmp_path, monkeypatch, capsys):
-    """Each imagined spec names the published model; ``kalm datasets build`` imagines it with
-    that model (the real SmolLM2 with the shipped adapter), verified, and a second build is
-    identical; the simulator's builder and a bad model name are refused with what to do."""
+    """Each imagined spec names a published model (v2: the one-relation goal-first model on
+    rephrase and easy, the clause-list model with the relational push model on hard);
+    ``kalm datasets build`` imagines it with that model (the real SmolLM2 with the shipped
+    adapter), verified, and a second build is identical; the simulator's builder and a bad model
+    name are refused with what to do."""
     from kalm.cli import main
     from kalm_envs.minari_io import read_packed
     from kalm_gen.published import DEFAULT_MODEL, published_models
 
     assert DEFAULT_MODEL in published_models()
     specs = list_specs()
-    for level in ("rephrase", "easy", "hard"):
+    models = {"rephrase": "kalm-smollm2-goal-v0", "easy": "kalm-smollm2-goal-v0", "hard": "kalm-smollm2-relational-v0"}
+    for level, model in models.items():
         spec = specs[published_id("imagined", level)]
-        assert spec.source == "imagined" and spec.level == level and spec.model == DEFAULT_MODEL
-        assert f"kalm datasets build {spec.id}" in spec.card() and DEFAULT_MODEL in spec.card()
+        assert spec.source == "imagined" and spec.level == level and spec.model == model in published_models()
+        assert f"kalm datasets build {spec.id}" in spec.card() and model in spec.card()
     assert specs["kalm/clevr-robot/oracle-easy-v1"].source == "oracle" and not specs["kalm/clevr-robot/oracle-easy-v1"].model
-    with pytest.raises(ValueError, match="kalm datasets build kalm/clevr-robot/imagined-easy-v1"):
+    with pytest.raises(ValueError, match="kalm datasets build kalm/clevr-robot/imagined-easy-v2"):
         build_dataset(get_spec(published_id("imagined", "easy")))
     easy = published_id("imagined", "easy")
     checksums = []
@@ -234,7 +237,7 @@ def test_imagined_specs_build_from_the_published_model(tmp_path, monkeypatch, ca
         assert main(["datasets", "build", easy, "--episodes", "4"]) == 0
         kalm = read_metadata(easy)["kalm"]
         assert kalm["generator"]["config"]["state_head"] == "bounded" and kalm["episodes"] == 4
-        assert f"--model {DEFAULT_MODEL}" in kalm["build_command"]
+        assert f"--model {models['easy']}" in kalm["build_command"]
         checksums.append(kalm["checksum"])
         assert len(read_packed(easy)["lengths"]) == 4
     assert checksums[0] == checksums[1]
@@ -292,7 +295,7 @@ def test_written_dataset_verifies_loads_and_has_provenance(written):
 def test_written_easy_dataset_is_one_push_per_episode(written):
     """The fast model moves red 0.16 m in its one step: exactly the "move red right" goals succeed."""
     dataset_id = published_id("imagined", "easy")
-    assert dataset_id == "kalm/clevr-robot/imagined-easy-v1" and verify_dataset(dataset_id).ok
+    assert dataset_id == "kalm/clevr-robot/imagined-easy-v2" and verify_dataset(dataset_id).ok
     env = minari.load_dataset(dataset_id).recover_environment()
     assert env.spec.id == "KALM/CLEVRRobot-Easy-v1"
     kalm = read_metadata(dataset_id)["kalm"]

@@ -55,12 +55,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pack-length", type=int, default=512, metavar="N",
                         help="pack examples into rows of N positions (0: one padded example a row)")
     parser.add_argument("--num-layers", type=int, help="keep only the LM's first N decoder layers")
-    parser.add_argument("--state-head", choices=("bounded", "delta", "mlp"), default="bounded",
-                        help="bounded: predicted balls stay in the box of initial states; mlp: bounded, from an MLP "
-                        "over the state and the action instead of the LM (fit it with --state-fit-updates)")
+    parser.add_argument("--state-head", choices=("bounded", "delta", "mlp", "relational"), default="bounded",
+                        help="bounded: predicted balls stay in the box of initial states; mlp, relational: bounded, "
+                        "from a push model over the state and the action instead of the LM (relational: one model "
+                        "shared by the five balls; fit either with --state-fit-updates)")
     parser.add_argument("--state-fit-updates", type=int, default=0, metavar="N",
-                        help="with --state-head mlp: fit the state head alone on every training transition for N "
-                        "updates before grounding")
+                        help="with --state-head mlp or relational: fit the state head alone on every training "
+                        "transition for N updates before grounding")
     parser.add_argument("--action-head", choices=("hidden", "goal"), default="hidden",
                         help="hidden: actions linear in the LM's hidden state; goal: goal first, the LM names "
                         "ball A, ball B and direction, an MLP acts on them and the ball state")
