@@ -241,6 +241,9 @@ def test_imagined_specs_build_from_the_published_model(tmp_path, monkeypatch, ca
         checksums.append(kalm["checksum"])
         assert len(read_packed(easy)["lengths"]) == 4
     assert checksums[0] == checksums[1]
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "c"))  # no --model: the spec's
+    assert main(["imagine", "--level", "easy", "--episodes", "2", "--ref-episodes", "1"]) == 0
+    assert f"--model {models['easy']}" in read_metadata(easy)["kalm"]["build_command"]
     capsys.readouterr()
     assert main(["imagine", "--model", "kalm-nonesuch-v9", "--level", "easy", "--episodes", "2"]) == 2
     assert "kalm-nonesuch-v9" in capsys.readouterr().err

@@ -8,20 +8,19 @@ from typing import Any
 
 from kalm.commands import add_json_flag, path_argument
 from kalm_envs.collector import REF_EPISODES
-from kalm_envs.dataset_specs import published_id
+from kalm_envs.dataset_specs import get_spec, published_id
 from kalm_envs.minari_io import read_metadata
 from kalm_envs.verify import verify_dataset
 from kalm_gen.imagine import DEFAULT_BATCH_SIZE
 from kalm_gen.imagine_dataset import IMAGINED_LEVELS, STATE_SOURCES, write_imagined_dataset
-from kalm_gen.published import DEFAULT_MODEL
 
 HELP = "imagine rollouts for a level's goals with a grounded LM and write them as a Minari dataset"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", type=path_argument, default=Path(DEFAULT_MODEL),
-                        help=f"a published grounded model (default {DEFAULT_MODEL}) or a folder "
-                             "written by GroundedLM.save")
+    parser.add_argument("--model", type=path_argument,
+                        help="a published grounded model or a folder written by GroundedLM.save (default: the "
+                             "model the level's published imagined spec names)")
     parser.add_argument("--level", choices=IMAGINED_LEVELS, required=True)
     parser.add_argument("--episodes", type=int, help="rollouts (default: the published spec's 2000)")
     parser.add_argument("--seed", type=int, help="episode i imagines the task of env.reset(seed + i) "
@@ -52,8 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
     set_threads(args.threads)
     dataset_id = published_id("imagined", args.level) if args.id is None else args.id
+    model = Path(get_spec(published_id("imagined", args.level)).model) if args.model is None else args.model
     path = write_imagined_dataset(
-        args.model, args.level, episodes=args.episodes, seed=args.seed, batch_size=args.batch_size,
+        model, args.level, episodes=args.episodes, seed=args.seed, batch_size=args.batch_size,
         dataset_id=dataset_id, drop_invalid=args.drop_invalid, temperature=args.temperature,
         sample_seed=args.sample_seed, max_steps=args.max_steps, ref_episodes=args.ref_episodes,
         workers=args.workers, progress=True, states=args.states, min_goal_confidence=args.min_goal_confidence,
