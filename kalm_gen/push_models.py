@@ -14,8 +14,10 @@ inside the walls' box. They are fitted alone on real transitions
   ball's move from what matters to it: its own place (for the walls), whether it is the pushed
   ball, the push's direction, where the pushed ball is relative to it, and where its four
   neighbours are, nearest first. The physics does not depend on colour, so a rule learnt for one
-  ball holds for all five, and a ball far from the push is told so directly. On held-out real-v0
-  pushes it halves the MLP's one-step error (README "A relational push model").
+  ball holds for all five, and a ball far from the push is told so directly. Fitted on real-v0
+  (``kalm ground --state-head relational --state-fit-updates 8000 ...``, README "A relational
+  push model"), its held-out squared error of the change is 0.027 against the MLP's 0.090
+  (the ``state_fit`` record of the run's log).
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from torch.nn import functional as F
 from kalm_envs.physics import N_ACTIONS, N_BALLS, PUSH_DIRECTIONS, STATE_DIM
 from kalm_gen.sequences import STATE_SCALE
 
-PUSH_MODEL_HEADS = ("mlp", "relational")
 N_DIRECTIONS = len(PUSH_DIRECTIONS)
 _DIRECTIONS = torch.tensor(PUSH_DIRECTIONS, dtype=torch.float32)
 #: Inputs per ball of :class:`RelationalPush`: own place 2, pushed 1, direction one-hot 8 and
@@ -82,9 +83,12 @@ def ball_features(state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
     ], dim=-1)
 
 
+PUSH_MODELS: dict[str, type[nn.Module]] = {"mlp": PushMLP, "relational": RelationalPush}
+PUSH_MODEL_HEADS = tuple(PUSH_MODELS)  #: the state-head names that are push models
+
+
 def build_push_model(kind: str, hidden: int) -> nn.Module:
     """A fresh push model of ``kind`` (one of :data:`PUSH_MODEL_HEADS`), ``hidden`` wide."""
-    models = {"mlp": PushMLP, "relational": RelationalPush}
-    if kind not in models:
+    if kind not in PUSH_MODELS:
         raise ValueError(f"push model {kind!r} is not one of {PUSH_MODEL_HEADS}")
-    return models[kind](hidden)
+    return PUSH_MODELS[kind](hidden)

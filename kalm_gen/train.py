@@ -66,7 +66,6 @@ from kalm_envs.validation import (
 )
 from kalm_gen.goal_fields import goal_field_loss, head_targets
 from kalm_gen.grounded_lm import GroundedLM, GroundedLMConfig, to_tensors
-from kalm_gen.push_models import PUSH_MODEL_HEADS
 from kalm_gen.grounding_data import (
     DEFAULT_TASK_WEIGHTS,
     GroundingData,
@@ -74,6 +73,7 @@ from kalm_gen.grounding_data import (
     load_grounding_episodes,
     normalize_task_weights,
 )
+from kalm_gen.push_models import PUSH_MODEL_HEADS
 from kalm_gen.sequences import IGNORE, STATE_SCALE, TASKS
 
 __all__ = ["GroundingObjective", "GroundingTrainConfig", "latest_checkpoint", "read_log", "summarize_log", "train_grounding"]

@@ -50,8 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], str, int]:
     set_threads(args.threads)
-    dataset_id = published_id("imagined", args.level) if args.id is None else args.id
-    model = Path(get_spec(published_id("imagined", args.level)).model) if args.model is None else args.model
+    spec = get_spec(published_id("imagined", args.level))
+    dataset_id = spec.id if args.id is None else args.id
+    model = Path(spec.model) if args.model is None else args.model
     path = write_imagined_dataset(
         model, args.level, episodes=args.episodes, seed=args.seed, batch_size=args.batch_size,
         dataset_id=dataset_id, drop_invalid=args.drop_invalid, temperature=args.temperature,
