@@ -22,10 +22,10 @@ $(STAMP): pyproject.toml Makefile
 test: setup
 	$(BIN)/python -m pytest -q
 
-# The main job: the whole KALM pipeline with the published grounded SmolLM2, kalm-smollm2-v0 (preset
-# default, within 20 minutes on 2 CPU cores): real and oracle data, imagination, learners,
-# evaluation; prints the success table and writes runs/demo/report.md. A rerun reuses every
-# finished stage. `kalm run --preset scratch` grounds SmolLM2 from scratch instead.
+# The main job: the whole KALM pipeline with the published grounded SmolLM2 models of the v2
+# imagined specs (preset default, within 20 minutes on 2 CPU cores): real and oracle data,
+# imagination, learners, evaluation; prints the success table and writes runs/demo/report.md. A
+# rerun reuses every finished stage. `kalm run --preset scratch` grounds SmolLM2 from scratch instead.
 demo: setup
 	$(BIN)/kalm run --preset default --name demo
 

@@ -296,9 +296,11 @@ def empty_output_cases() -> Iterator[Case]:
 
 RUN_SETTINGS_BAD: dict[str, tuple[str, ...]] = {
     "data.real_episodes": ("0", "-5", HUGE),
-    "data.oracle_episodes": ("0", HUGE),
+    "data.oracle_episodes": ("0", HUGE, '{"easy": 4}', '{"rephrase": 4, "easy": 0, "hard": 4}', "[4, 4, 4]"),
     "data.ref_episodes": ("0", "-1"),
     "data.workers": ("0", "-2"),
+    "ground.published": ('"kalm-nonesuch-v9"', '{"easy": "kalm-smollm2-v0"}',
+                         '{"rephrase": "kalm-smollm2-v0", "easy": "", "hard": "kalm-smollm2-v0"}'),
     "ground.base_model": ('"/nonexistent/lm"', '""'),
     "ground.finetune": ('"most"',),
     "ground.lora_rank": ("0",),
@@ -313,7 +315,7 @@ RUN_SETTINGS_BAD: dict[str, tuple[str, ...]] = {
     "ground.val_fraction": ("1.5", "-0.1"),
     "ground.held_out": ("-1",),
     "ground.seed": SEEDS_OUT_OF_RANGE,
-    "imagine.episodes": ("0", HUGE),
+    "imagine.episodes": ("0", HUGE, '{"rephrase": 2, "easy": 2, "hard": 2, "train": 2}', '{"rephrase": 2, "easy": "x", "hard": 2}'),
     "imagine.batch_size": ("0", "-3", HUGE),
     "imagine.ref_episodes": ("0", "-1"),
     "imagine.quality_episodes": ("0", HUGE),

@@ -62,23 +62,38 @@ def test_smoke_run_writes_the_report(first) -> None:
         assert Path(row["folder"]).name == f"{stage}-{row['hash']}" and (Path(row["folder"]) / MARKER).is_file()
 
 
-def test_a_changed_setting_imagines_with_the_published_model(first, capsys) -> None:
-    """``ground.published`` skips grounding: the real SmolLM2 with the shipped adapter imagines
-    the novel levels and explains real-v0 episodes it never trained on."""
+def test_published_models_imagine_their_own_levels(first, capsys) -> None:
+    """``ground.published`` skips grounding: the real SmolLM2 with a shipped adapter imagines each
+    novel level (one model per level here), each model explains real-v0 episodes it never trained
+    on, and per-level sizes give each level its own count of oracle and imagined episodes."""
+    from kalm_envs.dataset_specs import published_id
     from kalm_envs.minari_io import read_metadata
-    from kalm_gen.published import DEFAULT_MODEL, published_held_out, resolve_model
+    from kalm_gen.published import published_held_out, resolve_model
     from tests.helpers import temporary_minari_root
 
     root, _ = first
-    report = _cli(root, capsys, "--set", f"ground.published={DEFAULT_MODEL}", "--set", "imagine.quality_episodes=2")
+    models = {"rephrase": "kalm-smollm2-v0", "easy": "kalm-smollm2-goal-v0", "hard": "kalm-smollm2-v0"}
+    sizes = {"rephrase": 3, "easy": 9, "hard": 2}
+    report = _cli(root, capsys, "--set", f"ground.published={json.dumps(models)}", "--set", "imagine.quality_episodes=2",
+                  "--set", f"imagine.episodes={json.dumps(sizes)}",
+                  "--set", 'data.oracle_episodes={"rephrase": 10, "easy": 12, "hard": 10}')
     grounding = report["grounding"]
-    assert grounding["published"] and grounding["model"] == DEFAULT_MODEL
-    assert grounding["held_out_seeds"] == published_held_out(DEFAULT_MODEL)
-    assert _reused(report)["data"] and not _reused(report)["imagine"]
-    assert report["imagination"]["quality"]["explanation"]["episodes"] == 2
+    assert grounding["published"] and grounding["models"] == models
+    assert grounding["held_out_seeds"] == {name: published_held_out(name) for name in set(models.values())}
+    assert not any(_reused(report).values())  # the oracle sizes changed the data
+    explanations = report["imagination"]["quality"]["explanations"]
+    assert {name: e["episodes"] for name, e in explanations.items()} == {name: 2 for name in set(models.values())}
+    text = (root / "smoke" / "report.md").read_text()
+    assert all(f"Explanation by `{name}`" in text for name in set(models.values()))
     with temporary_minari_root(root / "smoke" / "minari"):
-        generator = read_metadata(report["imagination"]["imagined"]["easy"])["kalm"]["generator"]
-    assert generator["model_dir"] == str(resolve_model(DEFAULT_MODEL).resolve())
+        for level, name in models.items():
+            imagined = read_metadata(report["imagination"]["imagined"][level])["kalm"]
+            assert imagined["generator"]["model_dir"] == str(resolve_model(name).resolve())
+            assert imagined["episodes"] == sizes[level]
+        namespace = Path(report["stages"]["data"]["folder"]).name
+        oracle = {level: read_metadata(f"pipeline/{namespace}/{published_id('oracle', level).rsplit('/', 1)[1]}")
+                  ["total_episodes"] for level in models}
+    assert oracle == {"rephrase": 10, "easy": 12, "hard": 10}
 
 
 def test_a_rerun_reuses_every_stage(first, capsys) -> None:
@@ -204,6 +219,10 @@ def test_a_stage_hands_on_its_result_as_a_reused_stage_reads_it(tmp_path) -> Non
     (["--set", "train.device=gpu"], "'gpu'"),
     (["--set", "evaluate.workers=0"], "evaluate.workers 0"),
     (["--preset", "default", "--set", "ground.published=kalm-nonesuch-v9"], "kalm-nonesuch-v9"),
+    (["--preset", "default", "--set", 'ground.published={"easy": "kalm-smollm2-v0"}'], "ground.published"),
+    (["--set", 'imagine.episodes={"rephrase": 2, "easy": 0, "hard": 2}'], "imagine.episodes of easy 0"),
+    (["--set", 'data.oracle_episodes={"rephrase": 2, "easy": 2, "hard": 2, "train": 2}'], "data.oracle_episodes"),
+    (["--set", "data.oracle_episodes=many"], "many"),
     (["--preset", "scratch", "--set", "ground.num_layers=-2"], "num_layers -2"),
 ])
 def test_bad_preset_or_setting_is_refused_with_its_name(tmp_path, capsys, extra, named) -> None:
@@ -212,21 +231,38 @@ def test_bad_preset_or_setting_is_refused_with_its_name(tmp_path, capsys, extra,
     assert not any(tmp_path.iterdir())  # refused before anything is written
 
 
-def test_default_preset_imagines_with_the_published_model() -> None:
-    """``make demo``'s preset grounds nothing: it hands the published model to imagination, and
-    grounding from scratch stays a preset of the same sizes."""
+def test_default_preset_imagines_with_the_published_models() -> None:
+    """``make demo``'s preset grounds nothing: it hands each level the model its published
+    imagined spec is built from, and grounding from scratch stays a preset of the same sizes."""
     from kalm.pipeline import resolve_settings
-    from kalm_gen.published import DEFAULT_MODEL
-
+    from kalm_envs.dataset_specs import get_spec, published_id
     from kalm_gen.imagine_dataset import model_checksum
     from kalm_gen.published import resolve_model
 
     default, scratch = resolve_settings("default"), resolve_settings("scratch")
-    assert default["ground"]["published"] == DEFAULT_MODEL and scratch["ground"]["published"] == ""
+    spec_models = {level: get_spec(published_id("imagined", level)).model for level in ("rephrase", "easy", "hard")}
+    assert default["ground"]["published"] == spec_models and scratch["ground"]["published"] == ""
     assert {k: v for k, v in default.items() if k != "ground"} == {k: v for k, v in scratch.items() if k != "ground"}
-    # the model is pinned by its files, so republishing it under the same name redoes imagination
-    assert default["ground"]["published_sha256"] == model_checksum(resolve_model(DEFAULT_MODEL))
+    # the models are pinned by their files, so republishing one under the same name redoes imagination
+    assert default["ground"]["published_sha256"] == {name: model_checksum(resolve_model(name))
+                                                     for name in set(spec_models.values())}
     assert "published_sha256" not in scratch["ground"]
+
+
+def test_per_level_settings_take_one_value_or_a_mapping() -> None:
+    """A per-level setting set to one value gives it to every level; a mapping gives each level its
+    own, whichever form the preset has; a model name alone serves every level."""
+    from kalm.pipeline import resolve_settings
+    from kalm.pipeline.presets import per_level
+
+    one = resolve_settings("default", ["imagine.episodes=7", "ground.published=kalm-smollm2-v0"])
+    assert per_level(one["imagine"]["episodes"], "x") == {"rephrase": 7, "easy": 7, "hard": 7}
+    assert list(one["ground"]["published_sha256"]) == ["kalm-smollm2-v0"]
+    mapping = resolve_settings("smoke", ['data.oracle_episodes={"hard": 4, "easy": 6, "rephrase": 5}'])
+    assert per_level(mapping["data"]["oracle_episodes"], "x") == {"rephrase": 5, "easy": 6, "hard": 4}
+    assert list(per_level(mapping["data"]["oracle_episodes"], "x")) == ["rephrase", "easy", "hard"]
+    with pytest.raises(ValueError, match="takes a int"):
+        resolve_settings("default", ["imagine.episodes=[1, 2, 3]"])
 
 
 def test_a_rerun_sweeps_temporaries_of_killed_writes(first) -> None:

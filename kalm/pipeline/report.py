@@ -45,8 +45,9 @@ def _metres(value: float | None) -> str:
 
 
 def quality_table(imagine: Mapping[str, Any]) -> str:
-    """Markdown: per imagined level, the imagined dataset and the rollout quality metrics; then the
-    explanation accuracy on held-out real episodes, when measured."""
+    """Markdown: per imagined level, the imagined dataset and the rollout quality metrics (of the
+    level's model); then each model's explanation accuracy on held-out real episodes, when
+    measured."""
     lines = [
         "| level | dataset episodes | dataset success | cut invalid | quality episodes | goal match "
         "| replay match | state error mean (m) | state error max (m) | off workbench | mean steps |",
@@ -60,10 +61,9 @@ def quality_table(imagine: Mapping[str, Any]) -> str:
             f"| {_metres(row['state_error_mean'])} | {_metres(row['state_error_max'])} "
             f"| {_percent(row['out_of_workbench_rate'])} | {row['mean_length']:.1f} |"
         )
-    explanation = imagine["quality"].get("explanation")
-    if explanation:
-        lines.append(f"\nExplanation of {explanation['episodes']} held-out real episodes: accuracy "
-                     f"{_percent(explanation['accuracy'])}, parsed {_percent(explanation['parse_rate'])}.")
+    for name, explanation in imagine["quality"]["explanations"].items():
+        lines.append(f"\nExplanation by `{name}` of {explanation['episodes']} real episodes it did not train on: "
+                     f"accuracy {_percent(explanation['accuracy'])}, parsed {_percent(explanation['parse_rate'])}.")
     return "\n".join(lines)
 
 

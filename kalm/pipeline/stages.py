@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kalm.pipeline.cache import StageRecord, StageWork
+from kalm.pipeline.presets import per_level
 from kalm_envs import ENV_IDS
 from kalm_envs.collector import build_dataset
 from kalm_envs.dataset_paths import dataset_dir
@@ -48,7 +49,8 @@ def in_level_order(per_level: Mapping[str, Any]) -> list[Any]:
 def build_data(folder: Path, settings: dict[str, Any], upstream: Mapping[str, StageRecord]) -> dict[str, Any]:
     """The real dataset (spec ``real-v0``) and the oracle datasets of the imagined levels."""
     specs = {"real": (REAL_SPEC, settings["real_episodes"])}
-    specs.update({level: (published_id("oracle", level), settings["oracle_episodes"]) for level in IMAGINED_LEVELS})
+    specs.update({level: (published_id("oracle", level), episodes)
+                  for level, episodes in per_level(settings["oracle_episodes"], "data.oracle_episodes").items()})
     ids = {}
     for key, (spec_id, episodes) in specs.items():
         ids[key] = _dataset_id(folder, spec_id)
@@ -73,14 +75,16 @@ def grounding_config(settings: dict[str, Any], dataset: str, output: Path, base_
 def ground(folder: Path, settings: dict[str, Any], upstream: Mapping[str, StageRecord]) -> dict[str, Any]:
     """Ground the base model (``tiny``: a tiny random LM written into the stage folder) on the
     real dataset; resumes from the checkpoints in ``folder/grounding``. With ``published`` set
-    (a published model's name) nothing is trained: the stage hands that model on."""
+    (a published model's name, or one per imagined level) nothing is trained: the stage hands
+    those models on. ``models``: per imagined level, the model that imagines it."""
     from kalm_gen.train import train_grounding
 
     if settings["published"]:
         from kalm_gen.published import published_held_out
 
-        return {"model": settings["published"], "published": True,
-                "held_out_seeds": published_held_out(settings["published"])}
+        models = per_level(settings["published"], "ground.published")
+        return {"models": models, "published": True,
+                "held_out_seeds": {name: published_held_out(name) for name in dict.fromkeys(models.values())}}
     base_model = settings["base_model"]
     if base_model == "tiny":
         from kalm_gen.tiny import make_tiny_lm
@@ -89,39 +93,58 @@ def ground(folder: Path, settings: dict[str, Any], upstream: Mapping[str, StageR
     data = upstream["data"].result
     config = grounding_config(settings, data["real"], folder / "grounding", base_model, data["real_episodes"])
     summary = train_grounding(config, progress=False)
-    return {"model": "grounding/final", "held_out": settings["held_out"],
+    return {"models": per_level("grounding/final", "models"), "held_out": settings["held_out"],
             **{key: summary[key] for key in ("steps", "train_losses", "val_losses", "initial_train_losses")}}
 
 
 def imagine(folder: Path, settings: dict[str, Any], upstream: Mapping[str, StageRecord]) -> dict[str, Any]:
     """Imagined datasets of every imagined level (the tasks of the oracle datasets, episode by
-    episode) and the imagination quality of the grounded model."""
+    episode), each from its level's model, and the imagination quality of each model: rollouts on
+    the levels it imagines, explanations of real episodes it did not train on (``explanations``,
+    by model)."""
     from kalm_gen.grounded_lm import GroundedLM
     from kalm_gen.imagine_dataset import write_imagined_dataset
-    from kalm_gen.quality import held_out_episodes, imagination_quality
+    from kalm_gen.quality import imagination_quality
 
     grounded = upstream["ground"]
-    published = grounded.result.get("published", False)
-    model_dir = grounded.result["model"] if published else grounded.folder / grounded.result["model"]
-    model = GroundedLM.load(model_dir)
-    ids, datasets = {}, {}
-    for level in IMAGINED_LEVELS:
-        ids[level] = _dataset_id(folder, published_id("imagined", level))
-        if not dataset_dir(ids[level]).exists():
-            write_imagined_dataset(model_dir, level, episodes=settings["episodes"], batch_size=settings["batch_size"],
-                                   dataset_id=ids[level], ref_episodes=settings["ref_episodes"],
-                                   workers=settings["workers"], model=model)
-        kalm = read_metadata(ids[level])["kalm"]
-        datasets[level] = {"episodes": kalm["episodes"], "success_rate": kalm["success_rate"],
-                           "invalid": kalm["counts"]["invalid"], "dropped": kalm["counts"]["dropped"]}
-    if published:  # real episodes the published model did not train on, rebuilt from their seeds
-        real = held_out_real_episodes(grounded.result["held_out_seeds"], settings["quality_episodes"])
-    else:
-        held_out = grounded.result["held_out"]
-        real = held_out_episodes(upstream["data"].result["real"], held_out) if held_out else None
-    quality = imagination_quality(model, IMAGINED_LEVELS, settings["quality_episodes"],
-                                  batch_size=settings["batch_size"], real_episodes=real)
-    return {"imagined": ids, "datasets": datasets, "quality": quality}
+    episodes = per_level(settings["episodes"], "imagine.episodes")
+    levels_of: dict[str, list[str]] = {}
+    for level, name in grounded.result["models"].items():
+        levels_of.setdefault(name, []).append(level)
+    ids, datasets, rollouts, explanations = {}, {}, {}, {}
+    for name, levels in levels_of.items():
+        model_dir = name if grounded.result.get("published") else grounded.folder / name
+        model = GroundedLM.load(model_dir)
+        for level in levels:
+            ids[level] = _dataset_id(folder, published_id("imagined", level))
+            if not dataset_dir(ids[level]).exists():
+                write_imagined_dataset(model_dir, level, episodes=episodes[level], batch_size=settings["batch_size"],
+                                       dataset_id=ids[level], ref_episodes=settings["ref_episodes"],
+                                       workers=settings["workers"], model=model)
+            kalm = read_metadata(ids[level])["kalm"]
+            datasets[level] = {"episodes": kalm["episodes"], "success_rate": kalm["success_rate"],
+                               "invalid": kalm["counts"]["invalid"], "dropped": kalm["counts"]["dropped"]}
+        quality = imagination_quality(model, levels, settings["quality_episodes"], batch_size=settings["batch_size"],
+                                      real_episodes=_unseen_real_episodes(name, settings, upstream))
+        rollouts.update(quality["levels"])
+        if "explanation" in quality:
+            explanations[name] = quality["explanation"]
+    return {"imagined": {level: ids[level] for level in IMAGINED_LEVELS},
+            "datasets": {level: datasets[level] for level in IMAGINED_LEVELS},
+            "quality": {"levels": {level: rollouts[level] for level in IMAGINED_LEVELS}, "explanations": explanations}}
+
+
+def _unseen_real_episodes(name: str, settings: dict[str, Any], upstream: Mapping[str, StageRecord]) -> list | None:
+    """Real episodes model ``name`` did not train on (``None``: none held out): up to
+    ``quality_episodes`` of a published model's, rebuilt from their seeds; a grounded one's, the
+    last ``ground.held_out`` of the run's real dataset."""
+    from kalm_gen.quality import held_out_episodes
+
+    grounded = upstream["ground"].result
+    if grounded.get("published"):
+        return held_out_real_episodes(grounded["held_out_seeds"][name], settings["quality_episodes"])
+    held_out = grounded["held_out"]
+    return held_out_episodes(upstream["data"].result["real"], held_out) if held_out else None
 
 
 def held_out_real_episodes(seeds: list[int], count: int) -> list:
@@ -188,15 +211,16 @@ STAGES: dict[str, tuple[StageWork, tuple[str, ...]]] = {
 
 
 def pin_published_model(settings: dict[str, dict[str, Any]]) -> None:
-    """Add ``ground.published_sha256`` (SHA-256 over the published model's files) when the ground
-    stage hands on a published model: the name alone would let a model republished under the same
-    name reuse imagination of the old one, while the checksum changes the ground stage's hash and
-    so every stage after it."""
+    """Add ``ground.published_sha256`` (per published model the ground stage hands on, SHA-256
+    over its files): the name alone would let a model republished under the same name reuse
+    imagination of the old one, while the checksum changes the ground stage's hash and so every
+    stage after it."""
     if settings["ground"]["published"]:
         from kalm_gen.imagine_dataset import model_checksum
         from kalm_gen.published import resolve_model
 
-        settings["ground"]["published_sha256"] = model_checksum(resolve_model(settings["ground"]["published"]))
+        names = dict.fromkeys(per_level(settings["ground"]["published"], "ground.published").values())
+        settings["ground"]["published_sha256"] = {name: model_checksum(resolve_model(name)) for name in names}
 
 
 def check_settings(settings: Mapping[str, dict[str, Any]]) -> None:
@@ -211,8 +235,9 @@ def check_settings(settings: Mapping[str, dict[str, Any]]) -> None:
 
 
 def _check_data(data: dict[str, Any], settings: Mapping[str, dict[str, Any]]) -> None:
-    for key in ("real_episodes", "oracle_episodes", "ref_episodes"):
+    for key in ("real_episodes", "ref_episodes"):
         check_count(data[key], f"data.{key}")
+    _check_counts_per_level(data["oracle_episodes"], "data.oracle_episodes")
     check_int(data["workers"], "data.workers", low=1)
 
 
@@ -220,7 +245,8 @@ def _check_ground(ground: dict[str, Any], settings: Mapping[str, dict[str, Any]]
     if ground["published"]:
         from kalm_gen.published import resolve_model
 
-        resolve_model(ground["published"])
+        for level, name in per_level(ground["published"], "ground.published").items():
+            resolve_model(check_str(name, f"ground.published of {level}"))
         return
     _check_base_model(ground["base_model"])
     real_episodes = settings["data"]["real_episodes"]
@@ -245,9 +271,16 @@ def _check_base_model(value: Any) -> None:
 
 
 def _check_imagine(imagine: dict[str, Any], settings: Mapping[str, dict[str, Any]]) -> None:
-    for key in ("episodes", "batch_size", "ref_episodes", "quality_episodes"):
+    for key in ("batch_size", "ref_episodes", "quality_episodes"):
         check_count(imagine[key], f"imagine.{key}")
+    _check_counts_per_level(imagine["episodes"], "imagine.episodes")
     check_int(imagine["workers"], "imagine.workers", low=1)
+
+
+def _check_counts_per_level(value: Any, name: str) -> None:
+    """A count, or a ``{level: count}`` mapping of the imagined levels."""
+    for level, count in per_level(value, name).items():
+        check_count(count, name if not isinstance(value, dict) else f"{name} of {level}")
 
 
 def _check_train(train: dict[str, Any], settings: Mapping[str, dict[str, Any]]) -> None:
