@@ -11,6 +11,9 @@ state and the action, not the LM, so it fits the same way (:func:`fit_state_head
 model of one push, where the LM's own state head is off by 12-13 cm for the pushed ball
 (``kalm imagine-eval --diagnose``, README "Imagined data").
 
+:func:`fit_head` is the fit itself, for any head and rows: the explanation head
+(:func:`kalm_gen.explain_head.fit_explain_head`) fits through it on one row per episode.
+
 The action head over-fits real-v0 within a few thousand updates (its recorded actions are 20%
 random pushes), so a fit holds out a share of the episodes it is given and keeps the head of the
 update count with the lowest held-out loss.
@@ -67,39 +70,40 @@ def _state_loss(model: Any, picked: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def fit_goal_action_head(model: Any, episodes: Sequence[Any], updates: int, seed: int = 0) -> dict[str, Any]:
     """Train ``model.action_head`` (goal first) to predict the recorded action (cross-entropy,
-    nats) from the goal's fields and the state, as :func:`_fit_head` says."""
+    nats) from the goal's fields and the state, as :func:`fit_head` says."""
     if model.goal_head is None:
         raise ValueError(f"this model's action head is {model.config.action_head!r}: only a goal-first head fits alone")
-    return _fit_head(model, model.action_head, _action_loss, episodes, updates, seed)
+    return fit_head(model, model.action_head, _action_loss, episodes, updates, seed)
 
 
 def fit_state_head(model: Any, episodes: Sequence[Any], updates: int, seed: int = 0) -> dict[str, Any]:
     """Train a push-model state head to predict the next state from the state and the action (mean
-    squared error of the change, in tenths of a metre), as :func:`_fit_head` says."""
+    squared error of the change, in tenths of a metre), as :func:`fit_head` says."""
     if not model.reads_action:
         raise ValueError(f"this model's state head is {model.config.state_head!r}: only a push model "
                          f"({', '.join(PUSH_MODEL_HEADS)}) fits alone")
-    return _fit_head(model, model.state_head, _state_loss, episodes, updates, seed)
+    return fit_head(model, model.state_head, _state_loss, episodes, updates, seed)
 
 
-def _fit_head(model: Any, head: torch.nn.Module, loss: Any, episodes: Sequence[Any], updates: int,
-              seed: int) -> dict[str, Any]:
-    """Train ``head`` alone for up to ``updates`` Adam updates of :data:`FIT_BATCH` transitions
-    (:func:`fit_transitions`), drawn at random from all but a held-out :data:`HELD_OUT` of
-    ``episodes`` (by episode, seeded), on ``loss(model, batch)``; every :data:`CHECK_EVERY` updates
-    the loss on the held-out transitions is measured, and the head ends as it was at the lowest
-    one. The head's ``requires_grad`` flags are left as they were.
+def fit_head(model: Any, head: torch.nn.Module, loss: Any, episodes: Sequence[Any], updates: int,
+             seed: int, rows: Any = fit_transitions) -> dict[str, Any]:
+    """Train ``head`` alone for up to ``updates`` Adam updates of :data:`FIT_BATCH` rows drawn at
+    random from ``rows(episodes)`` (a dict of tensors of one row each: by default
+    :func:`fit_transitions`) of all but a held-out :data:`HELD_OUT` of ``episodes`` (by episode,
+    seeded), on ``loss(model, batch)``; every :data:`CHECK_EVERY` updates the loss on the held-out
+    rows is measured, and the head ends as it was at the lowest one. The head's
+    ``requires_grad`` flags are left as they were.
 
-    Returns ``updates``, ``kept_update`` (the update count kept), ``transitions`` (trained on),
+    Returns ``updates``, ``kept_update`` (the update count kept), ``rows`` (trained on),
     ``initial_loss``, ``held_out_losses`` (``[update, loss]`` pairs) and ``seconds``."""
     if len(episodes) < 2:
         raise ValueError(f"fitting a head alone needs at least 2 episodes (one held out), got {len(episodes)}")
     started = time.perf_counter()
     order = np.random.default_rng(seed).permutation(len(episodes))
     cut = max(1, int(round(HELD_OUT * len(episodes))))
-    held_out = fit_transitions([episodes[i] for i in order[:cut]])
-    data = fit_transitions([episodes[i] for i in order[cut:]])
-    count = len(data["actions"])
+    held_out = rows([episodes[i] for i in order[:cut]])
+    data = rows([episodes[i] for i in order[cut:]])
+    count = len(next(iter(data.values())))
     generator = torch.Generator().manual_seed(seed)
     frozen = [not p.requires_grad for p in head.parameters()]
     head.requires_grad_(True)  # a head frozen for grounding still fits here
@@ -126,5 +130,5 @@ def _fit_head(model: Any, head: torch.nn.Module, loss: Any, episodes: Sequence[A
     head.load_state_dict(best[2])
     for parameter, was_frozen in zip(head.parameters(), frozen, strict=True):
         parameter.requires_grad_(not was_frozen)
-    return {"updates": updates, "kept_update": best[1], "transitions": count, "initial_loss": initial,
+    return {"updates": updates, "kept_update": best[1], "rows": count, "initial_loss": initial,
             "held_out_losses": checks, "seconds": round(time.perf_counter() - started, 2)}

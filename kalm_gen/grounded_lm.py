@@ -42,9 +42,10 @@ from torch import nn
 
 from kalm_envs.validation import check_choice, check_float, check_int, check_str
 from kalm_gen.base_model import resolve_base_model
+from kalm_gen.explain_head import ExplainHead
 from kalm_gen.goal_fields import GOAL_WIDTH, field_sizes, goal_one_hot, named_fields, pursued_clause
 from kalm_gen.push_models import PUSH_MODEL_HEADS, build_push_model
-from kalm_gen.sequences import ACTION_SLOT, STATE_SCALE, STATE_SLOT
+from kalm_gen.sequences import ACTION_SLOT, STATE_SCALE, STATE_SLOT, collate
 
 N_ACTIONS = 40
 STATE_DIM = 10
@@ -94,6 +95,10 @@ class GroundedLMConfig:
             direction) or 3 (a clause list, so that pairs and triples of relations can be named;
             the action MLP acts on the first named clause the state does not meet,
             :func:`~kalm_gen.goal_fields.pursued_clause`).
+        explain_head: whether the model has an explanation head (:mod:`kalm_gen.explain_head`):
+            it names the relation a rollout reached from the hidden state at the end of the
+            explain prompt and the relations of the rollout's first and last states; fitted alone
+            after grounding (:func:`~kalm_gen.explain_head.fit_explain_head`).
     """
 
     base_model: str = "smollm2"
@@ -107,6 +112,7 @@ class GroundedLMConfig:
     state_head: str = "bounded"
     action_head: str = "hidden"
     goal_clauses: int = 1
+    explain_head: bool = False
 
     def __post_init__(self) -> None:
         check_str(self.base_model, "base_model")
@@ -121,6 +127,8 @@ class GroundedLMConfig:
             raise ValueError(f"goal_clauses {self.goal_clauses} needs action_head 'goal', not {self.action_head!r}")
         if self.num_layers is not None:
             check_int(self.num_layers, "num_layers", low=1)
+        if not isinstance(self.explain_head, bool):
+            raise TypeError(f"explain_head {self.explain_head!r} must be a bool")
 
 
 class ModelError(ValueError):
@@ -142,6 +150,7 @@ class GroundedLM(nn.Module):
         self.action_embedding = nn.Embedding(N_ACTIONS, width)
         self._build_action_head()
         self._build_state_head()
+        self._build_explain_head()
 
     def _build_state_head(self) -> None:
         """Fresh state head as ``config.state_head`` says."""
@@ -181,6 +190,18 @@ class GroundedLM(nn.Module):
             self.goal_head = None
             self.action_head = nn.Linear(width, N_ACTIONS)
 
+    def _build_explain_head(self) -> None:
+        """A fresh explanation head when ``config.explain_head`` says so, frozen: grounding does
+        not train it, :func:`~kalm_gen.explain_head.fit_explain_head` does."""
+        self.explain_head = None
+        if self.config.explain_head:
+            self.explain_head = ExplainHead(self._causal_lm().config.hidden_size, self.config.head_hidden)
+            self.explain_head.requires_grad_(False)
+
+    def add_explain_head(self, seed: int = 0) -> None:
+        """Give the model a new, seeded explanation head; everything else stays as it is."""
+        self._rebuild("explain_head", True, self._build_explain_head, seed)
+
     def _build_goal_head(self) -> None:
         self.goal_head = nn.Linear(self._causal_lm().config.hidden_size, sum(self.goal_field_sizes))
 
@@ -205,7 +226,8 @@ class GroundedLM(nn.Module):
     @property
     def head_names(self) -> tuple[str, ...]:
         """The modules saved beside the LM: the encoders and heads this model has."""
-        return _HEADS + (("goal_head",) if self.goal_head is not None else ())
+        return (_HEADS + (("goal_head",) if self.goal_head is not None else ())
+                + (("explain_head",) if self.explain_head is not None else ()))
 
     # --- building, saving, loading --------------------------------------------------------------
 
@@ -267,6 +289,7 @@ class GroundedLM(nn.Module):
         values.setdefault("state_head", "delta")  # saved before bounded heads existed
         values.setdefault("action_head", "hidden")  # saved before goal-first heads existed
         values.setdefault("goal_clauses", 1)  # saved before clause-list goal heads existed
+        values.setdefault("explain_head", False)  # saved before explanation heads existed
         config = GroundedLMConfig(**values)
         tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
         if config.finetune == "lora":
@@ -327,6 +350,17 @@ class GroundedLM(nn.Module):
         each position attends only to its own sequence."""
         embeddings = self.embed(batch["token_ids"], batch["kinds"], batch["states"], batch["actions"])
         return self.decode(embeddings, None, position_ids=batch["position_ids"]).last_hidden_state
+
+    def goal_slot_hidden(self, sequences: list[Any], batch_size: int) -> torch.Tensor:
+        """``(N, d)`` float32 hidden states, on the CPU, at the goal slot of each of ``sequences``
+        (:class:`~kalm_gen.sequences.Sequence`, one goal slot each), ``batch_size`` at a time in
+        eval mode."""
+        hidden = [torch.zeros(0, self._causal_lm().config.hidden_size)]
+        with evaluating(self):
+            for start in range(0, len(sequences), batch_size):
+                batch = to_tensors(collate(sequences[start:start + batch_size]), next(self.parameters()).device)
+                hidden.append(self.hidden_states(batch)[batch["goal_slot"].bool()].float().cpu())
+        return torch.cat(hidden)
 
     def name_goal(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """``(..., 3)`` int64 ball A, ball B and direction (``(..., 9)``, a clause list, with

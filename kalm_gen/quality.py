@@ -16,8 +16,9 @@ Explanation (rollout -> text) is measured on REAL episodes the model did not tra
 convention the last episodes of a dataset, see :func:`held_out_episodes`): the instruction is
 greedily decoded after ``"\\nInstruction:"`` with the KV cache, parsed with
 :func:`kalm_envs.language.parse_instruction` and compared with the episode's true goal. A
-goal-first model explains with its goal head instead (:func:`goal_head_explanations`: the train
-wording of the goal it names at the same position), and the report says which (``source``).
+goal-first model explains with its goal head instead, and a model with an explanation head with
+that (:func:`head_explanations`: the train wording of the relation named at the same position);
+the report says which (``source``).
 """
 
 from __future__ import annotations
@@ -69,15 +70,9 @@ def replay_rollouts(level: str, tasks: ImaginationTasks, rollouts: Sequence[Epis
 def goal_logits_at_goal_slots(model: Any, sequences: Sequence[Any], batch_size: int = DEFAULT_BATCH_SIZE) -> torch.Tensor:
     """Goal first: ``(N, W)`` float32 goal-head logits at the goal slot of each of ``sequences``
     (:class:`~kalm_gen.sequences.Sequence`, each with one goal slot), on the CPU."""
-    from kalm_gen.grounded_lm import evaluating, to_tensors
-    from kalm_gen.sequences import collate
-
-    logits = [torch.zeros(0, sum(model.goal_field_sizes))]
-    with evaluating(model):
-        for start in range(0, len(sequences), batch_size):
-            batch = to_tensors(collate(list(sequences[start:start + batch_size])), next(model.parameters()).device)
-            logits.append(model.goal_head(model.hidden_states(batch)[batch["goal_slot"].bool()]).float().cpu())
-    return torch.cat(logits)
+    hidden = model.goal_slot_hidden(list(sequences), batch_size)
+    with torch.no_grad():
+        return model.goal_head(hidden.to(next(model.parameters()).device)).float().cpu()
 
 
 def named_at_goal_slots(model: Any, sequences: Sequence[Any], batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
@@ -226,15 +221,25 @@ def explain_episodes(
     return texts
 
 
-def goal_head_explanations(model: Any, episodes: Sequence[Episode], batch_size: int = DEFAULT_BATCH_SIZE) -> list[str]:
-    """Goal first: each episode's explanation is the train wording of the goal the goal head
-    names at the end of the explain prompt (an empty text when it names no goal: a ball related
-    to itself)."""
+def head_explanations(model: Any, episodes: Sequence[Episode], batch_size: int = DEFAULT_BATCH_SIZE) -> list[str]:
+    """Each episode's explanation as the train wording of the goal a head names at the end of the
+    explain prompt: the explanation head's relation (:mod:`kalm_gen.explain_head`) when the model
+    has one, else the goal head's (goal first; an empty text when it names no goal: a ball
+    related to itself)."""
+    from kalm_gen.explain_head import explained_goals
     from kalm_gen.goal_probe import train_wording
 
-    prefixes = [explain_prefix(model.tokenize, e.observations, e.actions).build() for e in episodes]
-    goals = [relation_of(fields) for fields in named_at_goal_slots(model, prefixes, batch_size)]
+    if model.explain_head is not None:
+        goals = explained_goals(model, [(e.observations, e.actions) for e in episodes], batch_size)
+    else:
+        prefixes = [explain_prefix(model.tokenize, e.observations, e.actions).build() for e in episodes]
+        goals = [relation_of(fields) for fields in named_at_goal_slots(model, prefixes, batch_size)]
     return ["" if goal is None else train_wording(goal) for goal in goals]
+
+
+def explanation_source(model: Any) -> str:
+    """What explains a model's rollouts: ``"explain head"``, ``"goal head"`` or ``"text"``."""
+    return "explain head" if model.explain_head is not None else "goal head" if model.goal_head is not None else "text"
 
 
 def score_explanations(texts: Sequence[str], episodes: Sequence[Episode], examples: int = 3) -> dict[str, Any]:
@@ -290,12 +295,12 @@ def imagination_quality(
         for level in levels
     }, "sample_seed": sample_seed}
     if real_episodes:
-        if model.goal_head is not None:
-            texts = goal_head_explanations(model, real_episodes, batch_size)
-        else:
+        source = explanation_source(model)
+        if source == "text":
             texts = explain_episodes(model, real_episodes, batch_size, max_new_tokens)
-        report["explanation"] = {**score_explanations(texts, real_episodes),
-                                 "source": "text" if model.goal_head is None else "goal head"}
+        else:
+            texts = head_explanations(model, real_episodes, batch_size)
+        report["explanation"] = {**score_explanations(texts, real_episodes), "source": source}
         if diagnose:
             report["explanation"]["parts"] = explanation_parts(texts, real_episodes)
             report["action_agreement"] = action_agreement(model, real_episodes, batch_size)

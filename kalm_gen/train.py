@@ -140,6 +140,10 @@ class GroundingTrainConfig:
             on every training transition for this many updates
             (:func:`kalm_gen.action_fit.fit_state_head`; logged as ``state_fit``); grounding leaves
             it as it is. 0: none.
+        explain_fit_updates: after the last step, give the model an explanation head (a new one
+            unless ``init_model`` has one) and fit it alone for this many updates on the final
+            LM's hidden states (:func:`kalm_gen.explain_head.fit_explain_head`; logged as
+            ``explain_fit``, and in the summary). 0: none (a head ``init_model`` has is kept as it is).
         goal_clauses: goal first: clauses the goal head names, 1 or 3 (a clause list; see
             :class:`~kalm_gen.grounded_lm.GroundedLMConfig`).
         compound_fraction: share of training rollout examples that teach a clause-list goal head
@@ -179,6 +183,7 @@ class GroundingTrainConfig:
     init_model: str | None = None
     action_fit_updates: int = 0
     state_fit_updates: int = 0
+    explain_fit_updates: int = 0
     goal_clauses: int = 1
     compound_fraction: float = 0.0
     precision: str = "auto"
@@ -225,6 +230,7 @@ class GroundingTrainConfig:
         if self.state_fit_updates and self.state_head not in PUSH_MODEL_HEADS:
             raise ValueError(f"state_fit_updates {self.state_fit_updates} needs a state_head in {PUSH_MODEL_HEADS}, "
                              f"not {self.state_head!r}")
+        check_int(self.explain_fit_updates, "explain_fit_updates", low=0)
         check_float(self.compound_fraction, "compound_fraction", 0.0, 1.0, high_open=True)
         if self.compound_fraction and self.goal_clauses == 1:
             raise ValueError(f"compound_fraction {self.compound_fraction} needs goal_clauses 3, not 1")
@@ -238,7 +244,7 @@ class GroundingTrainConfig:
             base_model=self.base_model, finetune=self.finetune, lora_rank=self.lora_rank,
             lora_alpha=self.lora_alpha if self.lora_alpha is not None else 2 * self.lora_rank,
             head_hidden=self.head_hidden, num_layers=self.num_layers, state_head=self.state_head,
-            action_head=self.action_head, goal_clauses=self.goal_clauses,
+            action_head=self.action_head, goal_clauses=self.goal_clauses, explain_head=self.explain_fit_updates > 0,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -721,8 +727,15 @@ def _train(config: GroundingTrainConfig, progress: bool, stack: contextlib.ExitS
     })
     if torch.cuda.is_available():
         summary["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    final_model = accelerator.unwrap_model(objective).model
+    if main and config.explain_fit_updates:
+        from kalm_gen.explain_head import fit_explain_head
+
+        summary["explain_fit"] = fit_explain_head(final_model, data.train_episodes, config.explain_fit_updates,
+                                                  seed=config.seed)
+        log({"kind": "explain_fit", **summary["explain_fit"]})
     if main:
-        _save_final(output, accelerator.unwrap_model(objective).model, summary)
+        _save_final(output, final_model, summary)
         log({"kind": "final", "step": step, "time": time.time()})
     accelerator.wait_for_everyone()
     summary["main_process"] = main
@@ -747,6 +760,8 @@ def _initial_model(config: GroundingTrainConfig) -> GroundedLM:
         model.replace_goal_head(config.goal_clauses, seed=config.seed)
     if model.config.state_head != config.state_head:
         model.replace_state_head(config.state_head, seed=config.seed)
+    if config.explain_fit_updates and model.explain_head is None:
+        model.add_explain_head(seed=config.seed)
     return model
 
 

@@ -158,7 +158,7 @@ def test_action_fit_learns_and_keeps_the_best_held_out_head(root: Path, runs: Pa
     model.replace_action_head("goal", seed=0)
     fit = fit_goal_action_head(model, episodes, 600, seed=0)
     losses = dict(fit["held_out_losses"])
-    assert list(losses) == [0, 250, 500, 600] and fit["transitions"] < len(fit_transitions(episodes)["actions"])
+    assert list(losses) == [0, 250, 500, 600] and fit["rows"] < len(fit_transitions(episodes)["actions"])
     assert losses[fit["kept_update"]] == min(losses.values()) < 0.5 * losses[0]
     every = fit_transitions(episodes)
     with torch.no_grad():
@@ -175,7 +175,7 @@ def test_goal_first_model_acts_and_explains_through_the_goal_it_names(root: Path
     from kalm_gen.goal_probe import train_wording
     from kalm_gen.grounded_lm import GroundedLM
     from kalm_gen.imagine import imagine_rollouts, level_tasks
-    from kalm_gen.quality import goal_head_explanations, goal_naming
+    from kalm_gen.quality import head_explanations, goal_naming
 
     model = GroundedLM.load(runs / "goal" / "final")
     tasks = level_tasks("rephrase", 4, seed=5)
@@ -194,7 +194,7 @@ def test_goal_first_model_acts_and_explains_through_the_goal_it_names(root: Path
         assert [r.actions[0] for r in rollouts] == logits.argmax(-1).tolist()
         truth = [goal_fields_of(goal).tolist() for goal in tasks.goals]
         assert goal_naming(current, tasks) == {"tasks": 4, "right": np.mean([t == forced.tolist() for t in truth])}
-        texts = goal_head_explanations(current, episodes[:3])
+        texts = head_explanations(current, episodes[:3])
         assert texts == [train_wording(Goal.relation(*forced.tolist()))] * 3
         assert parse_instruction(texts[0]) == Goal.relation(*forced.tolist())
 
@@ -343,7 +343,7 @@ def test_the_card_command_of_a_clause_list_run_rebuilds_its_config(runs: Path) -
     from kalm.commands.publish import ground_command
 
     config = _config(runs / "lm", runs / "clauses-again", action_head="goal", goal_clauses=3, compound_fraction=0.6,
-                     state_head="mlp", state_fit_updates=10,
+                     state_head="mlp", state_fit_updates=10, explain_fit_updates=7,
                      init_model=str(runs / "goal" / "final"), action_fit_updates=0, pack_length=512,
                      num_layers=None, max_episodes=None, task_weights={"rollout": 2.0, "explain": 1.0, "dynamics": 1.0})
     written = config.to_dict()

@@ -75,6 +75,8 @@ def ground_command(config: dict[str, Any]) -> str:
         parts += ["--action-fit-updates", config["action_fit_updates"]]
     if config.get("state_fit_updates"):
         parts += ["--state-fit-updates", config["state_fit_updates"]]
+    if config.get("explain_fit_updates"):
+        parts += ["--explain-fit-updates", config["explain_fit_updates"]]
     if config.get("goal_clauses", 1) != 1:
         parts += ["--goal-clauses", config["goal_clauses"]]
     if config.get("compound_fraction"):
@@ -92,6 +94,17 @@ def _loss_table(summary: dict[str, Any]) -> list[str]:
             continue
         rows.append(f"| {key} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in values) + " |")
     return rows
+
+
+def _explain_fit_line(summary: dict[str, Any]) -> list[str]:
+    """The card's line on the explanation head's fit, when the run made one."""
+    fit = summary.get("explain_fit")
+    if not fit:
+        return []
+    losses = dict(fit["held_out_losses"])
+    return [f"- explanation head: fitted alone after the last step on {fit['rows']} episodes, "
+            f"{fit['updates']} updates, the head of update {fit['kept_update']} kept (held-out loss "
+            f"{losses[0]:.3f} -> {losses[fit['kept_update']]:.3f} nats), {fit['seconds'] / 60:.1f} min"]
 
 
 def _spec_build(name: str) -> str:
@@ -121,7 +134,8 @@ def model_card(name: str, config: dict[str, Any], summary: dict[str, Any], check
         "",
         f"SmolLM2-135M-Instruct grounded in CLEVR-Robot by KALM-Gym: {layers} decoder layers, LoRA rank "
         f"{config['lora_rank']} on the attention projections, a state encoder, an action embedding, "
-        f"{_action_head_words(config)} and a {config['state_head']} state head. It imagines rollouts for novel goals: "
+        f"{_action_head_words(config)}, a {config['state_head']} state head"
+        f"{' and an explanation head' if config.get('explain_fit_updates') else ''}. It imagines rollouts for novel goals: "
         f"`kalm imagine --model {name} --level hard`{_spec_build(name)}.",
         "",
         "## Training",
@@ -133,6 +147,7 @@ def model_card(name: str, config: dict[str, Any], summary: dict[str, Any], check
         + (f" (the checkpoint at step {summary['steps']} of a run planned for {summary['planned_steps']}: "
            "the learning rate had not decayed to its end)" if "planned_steps" in summary else ""),
         f"- wall time: {train_wall_s / 3600:.2f} h on {summary.get('device', 'cpu')}",
+        *_explain_fit_line(summary),
         "",
         *_loss_table(summary),
         "",
