@@ -96,6 +96,22 @@ def test_published_models_imagine_their_own_levels(first, capsys) -> None:
     assert oracle == {"rephrase": 10, "easy": 12, "hard": 10}
 
 
+def test_a_ground_stage_finished_before_per_level_models_is_reused(first, capsys) -> None:
+    """A ground stage whose result names one ``model`` (written before models were per level) is
+    reused, and imagination takes that model for every level."""
+    root, report = first
+    marker = Path(report["stages"]["ground"]["folder"]) / MARKER
+    stored = json.loads(marker.read_text())
+    old = {key: value for key, value in stored["result"].items() if key != "models"}
+    marker.write_text(json.dumps({**stored, "result": {"model": "grounding/final", **old}}))
+    try:
+        again = _cli(root, capsys, "--set", "imagine.quality_episodes=3")
+        assert _reused(again)["ground"] and not _reused(again)["imagine"]
+        assert set(again["imagination"]["quality"]["levels"]) == {"rephrase", "easy", "hard"}
+    finally:
+        marker.write_text(json.dumps(stored))
+
+
 def test_a_rerun_reuses_every_stage(first, capsys) -> None:
     root, report = first
     started = time.perf_counter()

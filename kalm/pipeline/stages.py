@@ -109,7 +109,9 @@ def imagine(folder: Path, settings: dict[str, Any], upstream: Mapping[str, Stage
     grounded = upstream["ground"]
     episodes = per_level(settings["episodes"], "imagine.episodes")
     levels_of: dict[str, list[str]] = {}
-    for level, name in grounded.result["models"].items():
+    # a ground stage finished before models were per level holds one ``model``
+    models = grounded.result.get("models") or per_level(grounded.result["model"], "model")
+    for level, name in models.items():
         levels_of.setdefault(name, []).append(level)
     ids, datasets, rollouts, explanations = {}, {}, {}, {}
     for name, levels in levels_of.items():
