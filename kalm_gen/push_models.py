@@ -29,11 +29,11 @@ from torch.nn import functional as F
 from kalm_envs.physics import N_ACTIONS, N_BALLS, PUSH_DIRECTIONS, STATE_DIM
 from kalm_gen.sequences import STATE_SCALE
 
-N_DIRECTIONS = len(PUSH_DIRECTIONS)
+N_PUSH_DIRECTIONS = len(PUSH_DIRECTIONS)  #: 8 push directions (not the 4 of a relation, kalm_envs.goals.N_DIRECTIONS)
 _DIRECTIONS = torch.tensor(PUSH_DIRECTIONS, dtype=torch.float32)
 #: Inputs per ball of :class:`RelationalPush`: own place 2, pushed 1, direction one-hot 8 and
 #: vector 2, pushed ball relative 2, four neighbours relative 8.
-RELATIONAL_FEATURES = 2 + 1 + N_DIRECTIONS + 2 + 2 + 2 * (N_BALLS - 1)
+RELATIONAL_FEATURES = 2 + 1 + N_PUSH_DIRECTIONS + 2 + 2 + 2 * (N_BALLS - 1)
 
 
 class PushMLP(nn.Sequential):
@@ -68,14 +68,14 @@ def ball_features(state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
     first, so that no feature says which colour a ball has."""
     lead = state.shape[:-1]
     places = state.reshape(*lead, N_BALLS, 2) / STATE_SCALE
-    ball, direction = action.long() // N_DIRECTIONS, action.long() % N_DIRECTIONS
+    ball, direction = action.long() // N_PUSH_DIRECTIONS, action.long() % N_PUSH_DIRECTIONS
     pushed = F.one_hot(ball, N_BALLS).to(state.dtype)
     pushed_place = (pushed.unsqueeze(-1) * places).sum(-2)  # (..., 2)
     offsets = places.unsqueeze(-3) - places.unsqueeze(-2)  # [..., j, k]: ball k seen from ball j
     distance = offsets.norm(dim=-1) + torch.eye(N_BALLS, dtype=state.dtype, device=state.device) * 1e6
     nearest = distance.argsort(dim=-1)[..., : N_BALLS - 1]
     neighbours = torch.gather(offsets, -2, nearest.unsqueeze(-1).expand(*nearest.shape, 2))
-    per_push = torch.cat([F.one_hot(direction, N_DIRECTIONS).to(state.dtype),
+    per_push = torch.cat([F.one_hot(direction, N_PUSH_DIRECTIONS).to(state.dtype),
                           _DIRECTIONS.to(state)[direction]], dim=-1)
     return torch.cat([
         places, pushed.unsqueeze(-1), per_push.unsqueeze(-2).expand(*lead, N_BALLS, per_push.shape[-1]),
