@@ -14,6 +14,10 @@ model of one push, where the LM's own state head is off by 12-13 cm for the push
 :func:`fit_head` is the fit itself, for any head and rows: the explanation head
 (:func:`kalm_gen.explain_head.fit_explain_head`) fits through it on one row per episode.
 
+With ``moves``, the action fit also learns to act on a *move* goal (ball B = ball A,
+:func:`~kalm_gen.goal_fields.move_fields`), which real data never asks for, by hindsight
+(:func:`move_transitions`): every recorded push is an example of each move it achieved.
+
 The action head over-fits real-v0 within a few thousand updates (its recorded actions are 20%
 random pushes), so a fit holds out a share of the episodes it is given and keeps the head of the
 update count with the lowest held-out loss.
@@ -30,7 +34,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kalm_gen.goal_fields import single_clause
+from kalm_envs.goals import DIRECTION_VECTORS
+from kalm_envs.physics import N_BALLS
+from kalm_envs.predicates import MOVE_MIN_DISPLACEMENT
+from kalm_gen.goal_fields import CLAUSE_LIST_WIDTH, move_fields, single_clause
 from kalm_gen.push_models import PUSH_MODEL_HEADS
 from kalm_gen.sequences import STATE_SCALE
 
@@ -55,6 +62,33 @@ def fit_transitions(episodes: Sequence[Any]) -> dict[str, torch.Tensor]:
     }
 
 
+def move_transitions(episodes: Sequence[Any]) -> dict[str, torch.Tensor]:
+    """Hindsight move rows of ``episodes``' steps: for every step and every ball it displaced by at
+    least :data:`~kalm_envs.predicates.MOVE_MIN_DISPLACEMENT` (0.15 m) along a direction (0-3), a
+    row whose goal is that move (fields ``(ball, ball, direction)``) and whose action is the step's.
+    A diagonal push can give two rows, a collision a row for the ball it hit. Keys and shapes as
+    :func:`fit_transitions`."""
+    before = np.concatenate([e.states[:-1] for e in episodes])
+    after = np.concatenate([e.states[1:] for e in episodes])
+    actions = np.concatenate([e.actions for e in episodes])
+    shift = (after - before).reshape(-1, N_BALLS, 2) @ DIRECTION_VECTORS.T  # (N, 5 balls, 4 directions), m
+    step, ball, direction = np.nonzero(shift >= MOVE_MIN_DISPLACEMENT)
+    goals = np.array([move_fields(b, d) for b, d in zip(ball, direction, strict=True)],
+                     dtype=np.int64).reshape(-1, CLAUSE_LIST_WIDTH)
+    return {
+        "states": torch.as_tensor(before[step], dtype=torch.float32),
+        "next_states": torch.as_tensor(after[step], dtype=torch.float32),
+        "goals": torch.as_tensor(single_clause(goals)),
+        "actions": torch.as_tensor(actions[step], dtype=torch.int64),
+    }
+
+
+def transitions_and_moves(episodes: Sequence[Any]) -> dict[str, torch.Tensor]:
+    """:func:`fit_transitions` rows of ``episodes`` followed by their :func:`move_transitions` rows."""
+    parts = [fit_transitions(episodes), move_transitions(episodes)]
+    return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+
+
 def _action_loss(model: Any, picked: dict[str, torch.Tensor]) -> torch.Tensor:
     """Cross-entropy (nats) of the recorded actions under the goal-first action head."""
     return F.cross_entropy(model.goal_action_logits(picked["states"], picked["goals"]), picked["actions"])
@@ -68,12 +102,15 @@ def _state_loss(model: Any, picked: dict[str, torch.Tensor]) -> torch.Tensor:
     return ((change - (picked["next_states"] - before) / STATE_SCALE) ** 2).mean()
 
 
-def fit_goal_action_head(model: Any, episodes: Sequence[Any], updates: int, seed: int = 0) -> dict[str, Any]:
+def fit_goal_action_head(model: Any, episodes: Sequence[Any], updates: int, seed: int = 0,
+                         moves: bool = False) -> dict[str, Any]:
     """Train ``model.action_head`` (goal first) to predict the recorded action (cross-entropy,
-    nats) from the goal's fields and the state, as :func:`fit_head` says."""
+    nats) from the goal's fields and the state, as :func:`fit_head` says; with ``moves``, on the
+    hindsight move rows too (:func:`transitions_and_moves`)."""
     if model.goal_head is None:
         raise ValueError(f"this model's action head is {model.config.action_head!r}: only a goal-first head fits alone")
-    return fit_head(model, model.action_head, _action_loss, episodes, updates, seed)
+    rows = transitions_and_moves if moves else fit_transitions
+    return fit_head(model, model.action_head, _action_loss, episodes, updates, seed, rows=rows)
 
 
 def fit_state_head(model: Any, episodes: Sequence[Any], updates: int, seed: int = 0) -> dict[str, Any]:

@@ -10,6 +10,11 @@ hard level's pairs and triples: up to three clauses, each ball A, ball B, direct
 :func:`field_sizes`), and acts on one clause at a time (:func:`pursued_clause`). Line-ups and
 gatherings have no fields in either form.
 
+A *move* ("move ball A in a direction") has no ball B. A goal head names one as a relation of ball
+A to itself, ball B = ball A (:func:`move_fields`): ball A in the direction of where it started.
+No relation goal relates a ball to itself, so the class is free; :func:`relation_of` and
+:func:`pursued_clause` already treat it as a goal that is not a relation.
+
 Used by the goal-first grounded model (:class:`~kalm_gen.grounded_lm.GroundedLM` with
 ``action_head="goal"``) and by the goal probe (:mod:`kalm_gen.goal_probe`).
 """
@@ -57,6 +62,15 @@ def clause_fields_of(goal_array: np.ndarray) -> np.ndarray:
         fields[:len(goal.clauses)] = goal.clauses
     elif goal.kind is GoalKind.MOVE:
         fields[0] = goal.clauses[0]
+    return fields.reshape(-1)
+
+
+def move_fields(ball: int, direction: int) -> np.ndarray:
+    """``(9,)`` int64 clause list a goal head names for "move ``ball`` in ``direction``" (0-3, as
+    :mod:`kalm_envs.goals`): the relation of the ball to itself, then the end of the list."""
+    fields = np.full((MAX_CLAUSES, 3), -1, dtype=np.int64)
+    fields[:, 0] = NO_CLAUSE
+    fields[0] = (ball, ball, direction)
     return fields.reshape(-1)
 
 

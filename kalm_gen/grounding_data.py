@@ -19,6 +19,14 @@ wordings of two or three relation goals of the training episodes, joined into on
 the goal head is the only target. Nothing else teaches the clause list's later clauses: real
 data holds single relations only. Validation examples are never compound.
 
+With a ``move_fraction``, that share of the training rollout examples become *move* examples: a
+train wording of the episode's relation with its reference ball cut off
+(:func:`reference_free_wording`: "Put the red ball to the left of the blue ball." becomes "Put the
+red ball to the left."), then the initial state as the goal slot, and the goal head's target is
+the move of ball A in that direction (:func:`~kalm_gen.goal_fields.move_fields`). Real data holds
+no move goal; this is the only place a goal head learns to name one, and it sees no wording but
+the train templates' own words.
+
 Validation holds whole episodes out (a seeded fraction): no episode gives examples to both
 splits.
 
@@ -37,12 +45,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import re
+
 import numpy as np
 
 from kalm_envs.goals import MAX_CLAUSES, Goal, GoalKind
-from kalm_envs.language import instruction_variants
+from kalm_envs.language import DIRECTION_PHRASES, instruction_variants
+from kalm_envs.physics import COLORS
 from kalm_envs.dataset_checks import dataset_level, read_dataset
-from kalm_gen.goal_fields import clause_fields_of
+from kalm_gen.goal_fields import clause_fields_of, move_fields
 from kalm_gen.sequences import TASKS, Sequence as TokenSequence
 from kalm_gen.sequences import collate, dynamics_sequence, explain_sequence, pack, rollout_sequence
 
@@ -65,6 +76,15 @@ COMPOUND_JOINS: tuple[tuple[str, bool, bool], ...] = (
     ("; ", False, True), (" and ", False, True), (", ", False, True),
 )
 _PARTNER_TRIES = 20  # draws of a training episode for each later clause of a compound goal
+#: The train wordings' relation phrases ("to the left of", ...), longest first, and the direction
+#: of each; a train wording ends with one and then its reference ball.
+_RELATION_PHRASES: dict[str, int] = dict(sorted(
+    ((phrase, d) for d, phrases in enumerate(DIRECTION_PHRASES["rel"]) for phrase in phrases),
+    key=lambda item: -len(item[0]),
+))
+_REFERENCE_AT_END = re.compile(
+    r"(?P<phrase>" + "|".join(map(re.escape, _RELATION_PHRASES)) + r") (the )?(?P<colour>[a-z]+)( [a-z]+)?\.$"
+)
 TASK_INDEX: dict[str, int] = {task: i for i, task in enumerate(TASKS)}
 
 
@@ -202,6 +222,8 @@ class GroundingData:
         seed: drives the split, the batches, the wordings and the dynamics steps.
         compound_fraction: share of training rollout examples made compound-goal examples
             (see the module docstring); 0 makes none and draws nothing for them.
+        move_fraction: share of training rollout examples made move examples (see the module
+            docstring); 0 makes none. With ``compound_fraction``, the two shares add up to less than 1.
     """
 
     def __init__(
@@ -213,10 +235,15 @@ class GroundingData:
         val_fraction: float = 0.1,
         seed: int = 0,
         compound_fraction: float = 0.0,
+        move_fraction: float = 0.0,
     ) -> None:
         if not 0.0 <= compound_fraction < 1.0:
             raise ValueError(f"compound_fraction {compound_fraction} must lie in [0, 1)")
+        if not 0.0 <= move_fraction < 1.0 - compound_fraction:
+            raise ValueError(f"move_fraction {move_fraction} must lie in [0, 1 - compound_fraction "
+                             f"{compound_fraction})")
         self.compound_fraction = float(compound_fraction)
+        self.move_fraction = float(move_fraction)
         self.tokenize = tokenize
         self.eos_id = int(eos_id)
         self.seed = int(seed)
@@ -237,11 +264,15 @@ class GroundingData:
     ) -> TokenSequence:
         """One sequence of ``task`` from ``episode``: a wording (rollout, explain) or a step
         (dynamics) drawn with ``rng``; a ``training`` rollout example is a compound-goal example
-        (:meth:`compound_example`) with probability ``compound_fraction``."""
-        if training and task == "rollout" and self.compound_fraction and rng.random() < self.compound_fraction:
-            compound = self.compound_example(episode, rng)
-            if compound is not None:
-                return compound
+        (:meth:`compound_example`) with probability ``compound_fraction`` and a move example
+        (:meth:`move_example`) with probability ``move_fraction``."""
+        if training and task == "rollout" and (self.compound_fraction or self.move_fraction):
+            draw = rng.random()
+            special = (self.compound_example(episode, rng) if draw < self.compound_fraction else
+                       self.move_example(episode, rng) if draw < self.compound_fraction + self.move_fraction else
+                       None)
+            if special is not None:
+                return special
         if task == "dynamics":
             t = int(rng.integers(episode.length))
             return dynamics_sequence(
@@ -272,6 +303,20 @@ class GroundingData:
                 sentence[:1].lower() + sentence[1:] if lower else sentence)
         fields = clause_fields_of(Goal.relations([clause for _, clause in members]).to_array())
         return rollout_sequence(self._tokens, text, episode.states[:1], episode.actions[:0], fields)
+
+    def move_example(self, episode: GroundingEpisode, rng: np.random.Generator) -> TokenSequence | None:
+        """Goal naming of a move: a wording of ``episode``'s relation goal drawn with ``rng``, its
+        reference ball cut off (:func:`reference_free_wording`), then ``episode``'s initial state as
+        the goal slot; the target is ball A moving in the relation's direction. None when the goal
+        is not one relation or the wording has no reference ball to cut."""
+        if not _single_relation(episode.goal):
+            return None
+        clause = Goal.from_array(episode.goal).clauses[0]
+        text = reference_free_wording(episode.wordings[int(rng.integers(len(episode.wordings)))], clause)
+        if text is None:
+            return None
+        return rollout_sequence(self._tokens, text, episode.states[:1], episode.actions[:0],
+                                move_fields(clause[0], clause[2]))
 
     def _compound_members(
         self, episode: GroundingEpisode, rng: np.random.Generator
@@ -372,6 +417,17 @@ class GroundingData:
                 chunk = items[start:start + batch_size]
                 batches.append(collate_examples([s for _, s in chunk], [e.episode_id for e, _ in chunk]))
         return batches[rank::world_size]
+
+
+def reference_free_wording(wording: str, clause: tuple[int, int, int]) -> str | None:
+    """``wording`` of the relation ``clause`` ``(a, b, direction)`` with its reference ball cut off
+    and the relation phrase's closing "of" dropped ("Move the red one to the left of the blue
+    one." -> "Move the red one to the left."), or None when the wording does not end with the
+    clause's relation phrase and ball B (every train template does; other wordings may not)."""
+    match = _REFERENCE_AT_END.search(wording)
+    if match is None or _RELATION_PHRASES[match["phrase"]] != clause[2] or match["colour"] != COLORS[clause[1]]:
+        return None
+    return wording[:match.start()] + match["phrase"].removesuffix(" of") + "."
 
 
 def _single_relation(goal_array: np.ndarray) -> bool:

@@ -149,6 +149,10 @@ class GroundingTrainConfig:
         compound_fraction: share of training rollout examples that teach a clause-list goal head
             compound goals made of train wordings (:class:`~kalm_gen.grounding_data.GroundingData`);
             needs ``goal_clauses=3``. 0: none.
+        move_fraction: goal first: share of training rollout examples that teach the goal head to
+            name a move from a train wording without its reference ball
+            (:class:`~kalm_gen.grounding_data.GroundingData`); the action fit then learns moves by
+            hindsight too (:func:`kalm_gen.action_fit.move_transitions`). 0: none.
         precision: ``"bf16"`` (bfloat16 autocast, on a CPU as well), ``"fp32"``, or ``"auto"``:
             bf16 on a GPU that supports it, else fp32 (``benchmarks/ground_speed.py``: on an AVX2
             CPU bf16 autocast is about 12x slower than fp32).
@@ -186,6 +190,7 @@ class GroundingTrainConfig:
     explain_fit_updates: int = 0
     goal_clauses: int = 1
     compound_fraction: float = 0.0
+    move_fraction: float = 0.0
     precision: str = "auto"
     pack_length: int | None = 512
 
@@ -234,6 +239,9 @@ class GroundingTrainConfig:
         check_float(self.compound_fraction, "compound_fraction", 0.0, 1.0, high_open=True)
         if self.compound_fraction and self.goal_clauses == 1:
             raise ValueError(f"compound_fraction {self.compound_fraction} needs goal_clauses 3, not 1")
+        check_float(self.move_fraction, "move_fraction", 0.0, 1.0 - self.compound_fraction, high_open=True)
+        if self.move_fraction and self.action_head != "goal":
+            raise ValueError(f"move_fraction {self.move_fraction} needs action_head 'goal', not {self.action_head!r}")
         if self.init_model is not None:
             from kalm_gen.published import resolve_model
 
@@ -612,7 +620,7 @@ def _train(config: GroundingTrainConfig, progress: bool, stack: contextlib.ExitS
     episodes = load_grounding_episodes(config.datasets, config.max_episodes)
     data = GroundingData(
         episodes, model.tokenize, model.eos_id, config.task_weights, config.val_fraction, config.seed,
-        config.compound_fraction,
+        config.compound_fraction, config.move_fraction,
     )
 
     if model.goal_head is not None:
@@ -658,7 +666,7 @@ def _train(config: GroundingTrainConfig, progress: bool, stack: contextlib.ExitS
         from kalm_gen.action_fit import fit_goal_action_head
 
         log({"kind": "action_fit", **fit_goal_action_head(model, data.train_episodes, config.action_fit_updates,
-                                                          seed=config.seed)})
+                                                          seed=config.seed, moves=config.move_fraction > 0)})
     if state is None and config.state_fit_updates:
         from kalm_gen.action_fit import fit_state_head
 

@@ -289,6 +289,121 @@ def test_compound_examples_teach_clause_lists_from_train_wordings(root: Path) ->
         GroundingData(episodes, tokenize, 0, compound_fraction=1.0)
 
 
+def test_reference_free_wordings_cut_the_reference_ball_off_every_train_wording() -> None:
+    from kalm_envs.goals import TRAIN_GOALS
+    from kalm_envs.physics import COLORS
+    from kalm_gen.grounding_data import reference_free_wording
+
+    for goal in TRAIN_GOALS:
+        a, b, direction = goal.clauses[0]
+        for wording in instruction_variants(goal, "train"):
+            cut = reference_free_wording(wording, goal.clauses[0])
+            assert cut is not None and COLORS[b] not in cut.lower() and COLORS[a] in cut.lower(), wording
+            assert cut.endswith(".") and not cut.endswith(" of.") and wording.startswith(cut[:-1]), (wording, cut)
+    text = "Put the red ball to the left of the blue ball."
+    assert reference_free_wording(text, (0, 1, 1)) == "Put the red ball to the left."
+    assert reference_free_wording("Move the red one in front of the cyan one.", (0, 4, 2)) == "Move the red one in front."
+    assert reference_free_wording(text, (0, 2, 1)) is None  # not the clause's ball B
+    assert reference_free_wording(text, (0, 1, 3)) is None  # not the clause's direction
+    assert reference_free_wording("Push the red ball until the blue ball is behind it.", (1, 0, 0)) is None
+
+
+def test_move_examples_teach_moves_from_train_wordings(root: Path) -> None:
+    """A move example is a train wording of the episode's relation without its reference ball,
+    the initial state as the goal slot, and the move of ball A in the relation's direction as the
+    only target; moves and compound goals share the special examples' share."""
+    from kalm_gen.grounding_data import GroundingData, load_grounding_episodes, reference_free_wording
+    from kalm_gen.sequences import ACTION_SLOT
+
+    with temporary_minari_root(root):
+        episodes = load_grounding_episodes([REAL])
+
+    def tokenize(text):
+        return [ord(c) for c in text]
+
+    data = GroundingData(episodes, tokenize, 0, val_fraction=0.2, seed=1, move_fraction=0.9)
+    sequences = [s for i in range(8) for s in data.train_sequences(i, 6)]
+    moves = [s for s in sequences if s.goal_fields[0, 0] >= 0 and s.goal_fields[0, 0] == s.goal_fields[0, 1]]
+    assert len(moves) >= 5
+    cuts: dict[tuple[int, int], set[str]] = {}  # (ball A, direction) -> the cut train wordings
+    for episode in data.train_episodes:
+        clause = Goal.from_array(episode.goal).clauses[0]
+        cuts.setdefault((clause[0], clause[2]), set()).update(
+            reference_free_wording(w, clause) for w in episode.wordings)
+    for sequence in moves:
+        a, _, direction = sequence.goal_fields[0, :3].tolist()
+        assert sequence.goal_fields[0, 3] == NO_CLAUSE and (sequence.kinds == STATE_SLOT).sum() == 1
+        assert not (sequence.kinds == ACTION_SLOT).any() and (sequence.action_targets < 0).all()
+        text = "".join(chr(t) for t, k in zip(sequence.token_ids, sequence.kinds, strict=True) if k == 0)
+        assert any(text.startswith(f"Instruction: {cut}\n") for cut in cuts[(a, direction)]), text
+    assert not any(s.goal_fields[0, 0] == s.goal_fields[0, 1] >= 0 for _, s in data.val_sequences())
+    both = GroundingData(episodes, tokenize, 0, val_fraction=0.2, seed=1, compound_fraction=0.4, move_fraction=0.4)
+    kinds = [("move" if s.goal_fields[0, 0] == s.goal_fields[0, 1] >= 0 else
+              "compound" if s.goal_fields[0, 3] not in (-1, NO_CLAUSE) else "other")
+             for i in range(8) for s in both.train_sequences(i, 6)]
+    assert kinds.count("move") >= 3 and kinds.count("compound") >= 3
+    with pytest.raises(ValueError, match="move_fraction 0.6"):
+        GroundingData(episodes, tokenize, 0, compound_fraction=0.4, move_fraction=0.6)
+
+
+def test_move_transitions_are_the_moves_each_push_achieved() -> None:
+    """Hindsight rows: one per ball and direction a step displaced the ball by 0.15 m or more."""
+    from types import SimpleNamespace
+
+    from kalm_gen.action_fit import fit_transitions, move_transitions, transitions_and_moves
+
+    start = np.array([0.0, 0.2, 0.3, 0.2, -0.3, 0.2, 0.0, 0.4, 0.2, 0.4], dtype=np.float32)
+    right = start.copy()
+    right[0] += 0.2  # red 0.2 m to the right (+x)
+    diagonal = right.copy()
+    diagonal[2:4] += (-0.16, 0.16)  # blue left and back
+    small = diagonal.copy()
+    small[4] -= 0.14  # green 0.14 m to the left: not a move
+    episode = SimpleNamespace(states=np.stack([start, right, diagonal, small]), actions=np.array([0, 13, 18]),
+                              goal_fields=clause_fields_of(Goal.relation(0, 1, 3).to_array()), length=3)
+    rows = move_transitions([episode])
+    assert rows["goals"].tolist() == [[0, 0, 3], [1, 1, 0], [1, 1, 1]]
+    assert rows["actions"].tolist() == [0, 13, 13]
+    assert torch.equal(rows["states"][1], torch.as_tensor(right)) and torch.equal(rows["next_states"][0], torch.as_tensor(right))
+    both = transitions_and_moves([episode])
+    assert len(both["actions"]) == 3 + 3 and torch.equal(both["goals"][:3], fit_transitions([episode])["goals"])
+
+
+def test_a_move_fit_learns_the_moves_real_data_never_asks_for(root: Path, runs: Path) -> None:
+    """The action fit with moves learns the hindsight move rows, one without them does not; a
+    grounding run with a move share fits on both kinds of rows and teaches the head to name moves."""
+    from kalm_gen.action_fit import fit_goal_action_head, move_transitions
+    from kalm_gen.grounded_lm import GroundedLM
+    from kalm_gen.grounding_data import load_grounding_episodes
+    from kalm_gen.train import read_log
+
+    with temporary_minari_root(root):
+        episodes = load_grounding_episodes([REAL]) * 10
+    rows = move_transitions(episodes)
+    assert len(rows["actions"]) > 0 and (rows["goals"][:, 0] == rows["goals"][:, 1]).all()
+
+    def move_loss(moves: bool) -> float:
+        model = GroundedLM.load(runs / "hidden" / "final")
+        model.replace_action_head("goal", seed=0)
+        fit_goal_action_head(model, episodes, 600, seed=0, moves=moves)
+        with torch.no_grad():
+            logits = model.goal_action_logits(rows["states"], rows["goals"])
+        return float(torch.nn.functional.cross_entropy(logits, rows["actions"]))
+
+    assert move_loss(True) < 0.5 * move_loss(False)
+    with temporary_minari_root(root):
+        summary = train_grounding(_config(runs / "lm", runs / "moves", steps=40, action_head="goal", action_fit_updates=50,
+                                          move_fraction=0.5, init_model=str(runs / "goal" / "final")), progress=False)
+    assert summary["train_losses"]["rollout_goal"] < summary["initial_train_losses"]["rollout_goal"]
+    fits = [next(r for r in read_log(runs / name) if r.get("kind") == "action_fit") for name in ("goal", "moves")]
+    assert fits[1]["rows"] > fits[0]["rows"]  # the same transitions, and their moves
+    with pytest.raises(ValueError, match="move_fraction 0.5 needs action_head 'goal'"):
+        _config(runs / "lm", runs / "x", move_fraction=0.5).validate()
+    with pytest.raises(ValueError, match="move_fraction"):
+        _config(runs / "lm", runs / "x", action_head="goal", goal_clauses=3, compound_fraction=0.6,
+                move_fraction=0.4).validate()
+
+
 def test_a_clause_list_model_names_compound_goals_and_acts_clause_by_clause(root: Path, runs: Path) -> None:
     """From a goal-first model: a new clause-list goal head learns to name the clauses of
     compound wordings, the fitted action MLP is kept bit for bit, and imagination acts on the
@@ -343,6 +458,7 @@ def test_the_card_command_of_a_clause_list_run_rebuilds_its_config(runs: Path) -
     from kalm.commands.publish import ground_command
 
     config = _config(runs / "lm", runs / "clauses-again", action_head="goal", goal_clauses=3, compound_fraction=0.6,
+                     move_fraction=0.2,
                      state_head="mlp", state_fit_updates=10, explain_fit_updates=7,
                      init_model=str(runs / "goal" / "final"), action_fit_updates=0, pack_length=512,
                      num_layers=None, max_episodes=None, task_weights={"rollout": 2.0, "explain": 1.0, "dynamics": 1.0})

@@ -73,6 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compound-fraction", type=float, default=0.0, metavar="F",
                         help="with --goal-clauses 3: share of rollout examples that teach compound goals made of "
                         "two or three train wordings")
+    parser.add_argument("--move-fraction", type=float, default=0.0, metavar="F",
+                        help="with --action-head goal: share of rollout examples that teach the goal head moves (a "
+                        "train wording without its reference ball); the action fit learns moves by hindsight too")
     parser.add_argument("--explain-fit-updates", type=int, default=0, metavar="N",
                         help="after the last step, fit an explanation head alone for N updates: it names the relation "
                         "a rollout reached from the LM's hidden state and the relations of its first and last states")
@@ -97,7 +100,7 @@ def config_from_args(args: argparse.Namespace):
         max_episodes=args.max_episodes, precision=args.precision,
         pack_length=args.pack_length or None, num_layers=args.num_layers, state_head=args.state_head,
         action_head=args.action_head, init_model=args.init_model, action_fit_updates=args.action_fit_updates,
-        goal_clauses=args.goal_clauses, compound_fraction=args.compound_fraction,
+        goal_clauses=args.goal_clauses, compound_fraction=args.compound_fraction, move_fraction=args.move_fraction,
         state_fit_updates=args.state_fit_updates, explain_fit_updates=args.explain_fit_updates,
     )
 

@@ -81,6 +81,8 @@ def ground_command(config: dict[str, Any]) -> str:
         parts += ["--goal-clauses", config["goal_clauses"]]
     if config.get("compound_fraction"):
         parts += ["--compound-fraction", config["compound_fraction"]]
+    if config.get("move_fraction"):
+        parts += ["--move-fraction", config["move_fraction"]]
     if config.get("init_model") is not None:
         parts += ["--init-model", config["init_model"]]
     return " ".join(str(p) for p in parts)
