@@ -40,12 +40,11 @@ share is at least one example).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import re
 
 import numpy as np
 
