@@ -300,8 +300,7 @@ class GroundingData:
             glue, keep_stop, lower = COMPOUND_JOINS[int(rng.integers(len(COMPOUND_JOINS)))]
             text = (text if keep_stop else text.removesuffix(".")) + glue + (
                 sentence[:1].lower() + sentence[1:] if lower else sentence)
-        fields = clause_fields_of(Goal.relations([clause for _, clause in members]).to_array())
-        return rollout_sequence(self._tokens, text, episode.states[:1], episode.actions[:0], fields)
+        return self._goal_naming(text, episode, clause_fields_of(Goal.relations([c for _, c in members]).to_array()))
 
     def move_example(self, episode: GroundingEpisode, rng: np.random.Generator) -> TokenSequence | None:
         """Goal naming of a move: a wording of ``episode``'s relation goal drawn with ``rng``, its
@@ -314,8 +313,12 @@ class GroundingData:
         text = reference_free_wording(episode.wordings[int(rng.integers(len(episode.wordings)))], clause)
         if text is None:
             return None
-        return rollout_sequence(self._tokens, text, episode.states[:1], episode.actions[:0],
-                                move_fields(clause[0], clause[2]))
+        return self._goal_naming(text, episode, move_fields(clause[0], clause[2]))
+
+    def _goal_naming(self, text: str, episode: GroundingEpisode, fields: np.ndarray) -> TokenSequence:
+        """A goal-naming example: ``text``, then ``episode``'s initial state as the goal slot, whose
+        ``(9,)`` clause list ``fields`` is the only target (no actions, no later states)."""
+        return rollout_sequence(self._tokens, text, episode.states[:1], episode.actions[:0], fields)
 
     def _compound_members(
         self, episode: GroundingEpisode, rng: np.random.Generator
